@@ -1,0 +1,203 @@
+"""`HypLoraLinear`: the peft LoRA layer that adds a hyperbolic low-rank branch to a frozen ``nn.Linear``."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn as nn
+from peft.tuners.lora.layer import LoraLayer
+
+from . import functional as Fn
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+class HypLoraMergeError(ValueError):
+    """Raised by merge-related calls: a HypLoRA branch is not a weight matrix."""
+
+    def __init__(self, what: str):
+        super().__init__(
+            f"{what} is impossible for HypLoRA: the branch scales B A x by factors that depend on |x| and |B A x| "
+            "(it is nonlinear in x), so no weight matrix W' gives W' x = W x + branch(x) for every x. Keep the "
+            "adapter unmerged; unload() removes it and returns the base model."
+        )
+
+
+def reject_unsupported_layer(target: nn.Module, adapter_name: str, **kwargs) -> nn.Module:
+    """Dispatch entry for every targeted layer that is not an ``nn.Linear``."""
+    name = kwargs.get("target_name") or "?"
+    raise ValueError(
+        f"HypLoRA applies to nn.Linear layers only, but target module {name!r} is a {type(target).__name__}; "
+        "choose target_modules that name linear layers (e.g. q_proj, k_proj, v_proj, up_proj, down_proj)"
+    )
+
+
+class HypLoraLinear(nn.Module, LoraLayer):
+    """A frozen linear layer plus, for each active HypLoRA adapter, ``scaling * branch(x)`` (see `functional`).
+
+    Per adapter it holds LoRA's ``lora_A``/``lora_B`` and, when learned, two float32 scalars:
+    ``lora_curvature`` (``rho`` with ``K = K0 exp(rho)``; the raw ``k`` under compat="reference") and
+    ``lora_feature_scale`` (``sigma`` with ``s = s0 exp(sigma)``; the raw ``s`` under compat="reference").
+    Both start at values that reproduce the configured ``K0`` and ``s0`` exactly.
+    """
+
+    adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_curvature", "lora_feature_scale")
+    other_param_names = LoraLayer.other_param_names + ("hyplora_settings",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config, r: int = 0, lora_alpha: int = 1, **kwargs):
+        super().__init__()
+        LoraLayer.__init__(self, base_layer, **kwargs)
+        self.fan_in_fan_out = False
+        self.lora_curvature = nn.ParameterDict({})
+        self.lora_feature_scale = nn.ParameterDict({})
+        self.hyplora_settings: dict[str, dict[str, Any]] = {}
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config, **kwargs) -> None:
+        from .config import HypLoraConfig
+
+        if not isinstance(config, HypLoraConfig):
+            raise ValueError(
+                f"cannot add the non-HypLoRA adapter {adapter_name!r} to a layer that holds HypLoRA adapters: "
+                "peft would build it with HypLoRA's layer class. Use HypLoraConfig for every adapter of this model."
+            )
+        if r <= 0:
+            raise ValueError(f"`r` should be a positive integer value but the value passed is {r}")
+        if self.in_features is None or self.out_features is None:
+            raise ValueError(f"cannot read in/out features of {type(self.get_base_layer()).__name__}")
+
+        full = config.variant == "lorentz-full"
+        self.r[adapter_name] = r
+        self.lora_alpha[adapter_name] = lora_alpha
+        self.lora_dropout[adapter_name] = nn.Dropout(p=config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
+        # "lorentz-full": A reads the whole (d+1)-point, B the whole (r+1)-point, time coordinates included.
+        self.lora_A[adapter_name] = nn.Linear(self.in_features + full, r, bias=False)
+        self.lora_B[adapter_name] = nn.Linear(r + full, self.out_features, bias=False)
+        self.lora_bias[adapter_name] = False
+        self.use_dora[adapter_name] = False
+        self.use_rslora[adapter_name] = config.use_rslora
+        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if config.use_rslora else lora_alpha / r
+        self.reset_lora_parameters(adapter_name, config.init_lora_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+
+        feature_scale = config.feature_scale if config.feature_scale is not None else math.sqrt(self.in_features)
+        self.hyplora_settings[adapter_name] = {
+            "variant": config.variant,
+            "compat": config.compat,
+            "curvature": float(config.curvature),
+            "feature_scale": float(feature_scale),
+            "max_radius": float(config.max_radius),
+        }
+        # Created after the move above, which would cast them to the base layer's (possibly bfloat16) dtype.
+        device = self.lora_A[adapter_name].weight.device
+        reference = config.compat == "reference"
+        if config.learn_curvature:
+            start = float(config.curvature) if reference else 0.0
+            self.lora_curvature[adapter_name] = nn.Parameter(torch.tensor([start], dtype=torch.float32, device=device))
+            if reference and config.variant == "lorentz":
+                # The released code clips this parameter's gradient to [-0.01, 0.01].
+                self.lora_curvature[adapter_name].register_hook(lambda grad: grad.clamp(-0.01, 0.01))
+        uses_scale = not (reference and config.variant == "stereographic")
+        if config.learn_feature_scale and uses_scale:
+            start = float(feature_scale) if reference else 0.0
+            self.lora_feature_scale[adapter_name] = nn.Parameter(
+                torch.tensor([start], dtype=torch.float32, device=device)
+            )
+        self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
+
+    # ------------------------------------------------------------------------------------ learned scalars
+    def _scalar(self, value: float, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([value], dtype=like.dtype, device=like.device)
+
+    def curvature(self, adapter_name: str) -> torch.Tensor:
+        """K of the adapter's hyperboloid L_K (curvature -1/K), as a float32 1-element tensor."""
+        settings = self.hyplora_settings[adapter_name]
+        weight = self.lora_A[adapter_name].weight
+        param = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
+        if settings["compat"] == "reference":
+            raw = param.float() if param is not None else self._scalar(settings["curvature"], weight.float())
+            return Fn.reference_curvature(raw) if settings["variant"] == "lorentz" else raw
+        K0 = self._scalar(settings["curvature"], weight.float())
+        return K0 if param is None else K0 * torch.exp(param.float())
+
+    def feature_scale(self, adapter_name: str) -> torch.Tensor:
+        """The scale s the input is divided by before it is mapped to the hyperboloid (1-element tensor)."""
+        settings = self.hyplora_settings[adapter_name]
+        weight = self.lora_A[adapter_name].weight
+        s0 = self._scalar(settings["feature_scale"], weight.float())
+        param = self.lora_feature_scale[adapter_name] if adapter_name in self.lora_feature_scale else None
+        if param is None:
+            return s0
+        return param.float() if settings["compat"] == "reference" else s0 * torch.exp(param.float())
+
+    # ------------------------------------------------------------------------------------------- forward
+    def hyperbolic_branch(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """``scaling * branch(dropout(x))`` for one adapter, computed in float32 (float64 if the adapter is)."""
+        settings = self.hyplora_settings[adapter_name]
+        A = self.lora_A[adapter_name].weight
+        B = self.lora_B[adapter_name].weight
+        dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
+        no_autocast = (
+            torch.autocast(device_type=x.device.type, enabled=False)
+            if x.device.type in _AUTOCAST_DEVICES
+            else nullcontext()
+        )
+        with no_autocast:
+            x = self.lora_dropout[adapter_name](x.to(dtype))
+            A, B = A.to(dtype), B.to(dtype)
+            K = self.curvature(adapter_name).to(dtype)
+            scaling = self.scaling[adapter_name]
+            if settings["compat"] == "reference":
+                if settings["variant"] == "lorentz":
+                    raw_k = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
+                    raw_k = raw_k.to(dtype) if raw_k is not None else self._scalar(settings["curvature"], x)
+                    s = self.feature_scale(adapter_name).to(dtype)
+                    return Fn.reference_lorentz_branch(x, A, B, raw_k, s, scaling)
+                return Fn.reference_stereographic_branch(x, A, B, K, scaling)
+            s = self.feature_scale(adapter_name).to(dtype)
+            branch = Fn.BRANCHES[settings["variant"]]
+            return branch(x, A, B, K, s, scaling, settings["max_radius"])
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        self._check_forward_args(x, *args, **kwargs)
+        adapter_names = kwargs.pop("adapter_names", None)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return result
+        if adapter_names is not None:
+            return self._add_mixed_batch_branches(x, result, adapter_names)
+        for active_adapter in self.active_adapters:
+            if active_adapter in self.lora_A:
+                result = result + self.hyperbolic_branch(x, active_adapter).to(result.dtype)
+        return result
+
+    def _add_mixed_batch_branches(self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]):
+        """peft's ``adapter_names=[...]`` inference: row i of the batch uses adapter ``adapter_names[i]``."""
+        result = result.clone()
+        for adapter in set(adapter_names):
+            if adapter == "__base__" or adapter not in self.lora_A:
+                continue
+            rows = [i for i, name in enumerate(adapter_names) if name == adapter]
+            result[rows] = result[rows] + self.hyperbolic_branch(x[rows], adapter).to(result.dtype)
+        return result
+
+    # ---------------------------------------------------------------------------------- merging: impossible
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        raise HypLoraMergeError("merging")
+
+    def unmerge(self) -> None:
+        raise HypLoraMergeError("unmerging")
+
+    def get_delta_weight(self, adapter_name) -> torch.Tensor:
+        raise HypLoraMergeError("a delta weight")
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "hyplora." + super().__repr__()
