@@ -134,7 +134,9 @@ def distance0(x: Tensor, K) -> Tensor:
     xs = x[..., 1:].to(compute_dtype(x))
     K = _as_tensor(K, xs)
     sqrt_k = K.sqrt()
-    return (sqrt_k * torch.asinh(_norm(xs) / sqrt_k)).squeeze(-1).to(out_dtype)
+    # vector_norm (not _norm's floored version) so that the origin is at distance exactly 0; its gradient at
+    # 0 is 0, and asinh is smooth there.
+    return (sqrt_k * torch.asinh(torch.linalg.vector_norm(xs, dim=-1, keepdim=True) / sqrt_k)).squeeze(-1).to(out_dtype)
 
 
 def distance(x: Tensor, y: Tensor, K) -> Tensor:
