@@ -45,10 +45,10 @@ def load_adapter(model, adapter_dir, adapter_name: str = "default", is_trainable
     if not os.path.isfile(weights_path):
         raise HypLoraUserError(f"{adapter_dir} has no {SAFETENSORS_WEIGHTS_NAME} (only safetensors are loaded)")
     config.inference_mode = not is_trainable
+    if isinstance(model, PeftModel) and adapter_name in model.peft_config:
+        raise HypLoraUserError(f"the model already has an adapter named {adapter_name!r}")
     try:
         if isinstance(model, PeftModel):
-            if adapter_name in model.peft_config:
-                raise HypLoraUserError(f"the model already has an adapter named {adapter_name!r}")
             model.add_adapter(adapter_name, config)
             peft_model = model
         else:
