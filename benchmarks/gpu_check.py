@@ -1,0 +1,73 @@
+"""Check the HypLoRA branches on the GPU against the literal float64 reference on the CPU.
+
+For each variant (and the reference compat mode) it compares the outputs and the gradients with respect to
+x, A, B, K and s of the float32 GPU computation (bf16 input, as in training) with the float64 step-by-step
+form, and prints the largest relative errors. Exits non-zero when an error exceeds the tolerance.
+
+    python benchmarks/gpu_check.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from hyplora.adapter import functional as Fn  # noqa: E402
+
+TOLERANCE = 1e-3  # relative, float32 GPU math (bf16-rounded inputs are fed to both sides)
+
+
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.double().cpu() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
+
+
+def check(variant: str, device: torch.device) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(0)
+    d_in, d_out, r, tokens = 4096, 1024, 32, 512
+    full = variant == "lorentz-full"
+    x = (torch.randn(tokens, d_in, generator=gen) * torch.logspace(-3, 1.5, tokens)[:, None]).to(torch.bfloat16)
+    A = torch.randn(r, d_in + full, generator=gen) / d_in**0.5
+    B = torch.randn(d_out, r + full, generator=gen) / r**0.5
+    K = torch.tensor([1.3])
+    s = torch.tensor([d_in**0.5])
+    upstream = torch.randn(tokens, d_out, generator=gen)
+
+    def run(tensors, fn):
+        leaves = [t.clone().requires_grad_(True) for t in tensors]
+        out = fn(*leaves)
+        (out * upstream.to(out)).sum().backward()
+        return out.detach(), [leaf.grad for leaf in leaves]
+
+    if variant == "reference":
+        fast = lambda x, A, B, K, s: Fn.reference_lorentz_branch(x, A, B, K, s, 4.0)  # noqa: E731
+        literal = fast
+    else:
+        fast = lambda x, A, B, K, s: Fn.BRANCHES[variant](x, A, B, K, s, 4.0, 12.0)  # noqa: E731
+        literal = lambda x, A, B, K, s: Fn.LITERAL_BRANCHES[variant](x, A, B, K, s, 4.0, 12.0)  # noqa: E731
+    gpu = run([x.float().to(device), A.to(device), B.to(device), K.to(device), s.to(device)], fast)
+    cpu = run([x.double(), A.double(), B.double(), K.double(), s.double()], literal)
+    errors = {"output": relative_error(gpu[0], cpu[0])}
+    for name, g, c in zip(["x", "A", "B", "K", "s"], gpu[1], cpu[1]):
+        errors[f"grad {name}"] = relative_error(g, c)
+    return errors
+
+
+def main() -> int:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
+    failed = False
+    for variant in ["lorentz", "lorentz-full", "stereographic", "reference"]:
+        errors = check(variant, device)
+        worst = max(errors.values())
+        failed |= worst > TOLERANCE
+        print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+              + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Training-step time and peak memory: HypLoRA variants against stock peft LoRA, side by side in one run.
+
+Default configuration (issue 6): a Llama-3-8B-shaped model cut to 4 layers (hidden 4096, intermediate 14336,
+32 heads, 8 KV heads, vocabulary 32000) in bf16, random weights, batch 4 x 256 tokens, r = 32 on q, k, v, up
+and down projections, AdamW, one step = forward + backward + optimizer step. Prints a table of medians,
+min-max and ratios to LoRA, names the device and versions, and writes the numbers as JSON (--json).
+
+    python benchmarks/train_step.py                       # on a GPU
+    python benchmarks/train_step.py --tiny --device cpu   # a quick smoke run anywhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+METHODS = ["lora", "hyplora-lorentz", "hyplora-lorentz-full", "hyplora-stereographic", "hyplora-reference"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def build_model(args, device, dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
+        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
+        max_position_embeddings=max(2048, args.seq),
+    )
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return model
+
+
+def adapter_config(method: str, rank: int):
+    import peft
+
+    from hyplora import HypLoraConfig
+
+    if method == "lora":
+        return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
+    variant = method.removeprefix("hyplora-")
+    if variant == "reference":
+        return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
+    return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", variant=variant)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(method: str, args, device, dtype) -> dict:
+    import peft
+
+    model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(args.warmup + args.steps):
+        synchronize(device)
+        start = time.perf_counter()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(device)
+        if step >= args.warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    result = {"method": method, "median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+              "peak_gib": peak, "final_loss": loss.item()}
+    del model, optimizer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=4096)
+    parser.add_argument("--intermediate", type=int, default=14336)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--tiny", action="store_true", help="a small model for a quick smoke run")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if args.tiny:
+        args.hidden, args.intermediate, args.heads, args.kv_heads, args.layers = 256, 512, 4, 2, 2
+        args.vocab, args.seq, args.rank, args.steps, args.warmup = 1000, 64, 8, 3, 1
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+
+    import peft
+    import transformers
+
+    header = (f"device: {device_name(device)} | torch {torch.__version__} | transformers {transformers.__version__} "
+              f"| peft {peft.__version__}\nmodel: hidden {args.hidden}, intermediate {args.intermediate}, "
+              f"{args.layers} layers, vocab {args.vocab}, {args.dtype}; batch {args.batch} x {args.seq}; r={args.rank} "
+              f"on {','.join(TARGETS)}; AdamW; {args.steps} timed steps after {args.warmup} warm-up")
+    print(header, flush=True)
+    results = [measure(method, args, device, dtype) for method in args.methods.split(",")]
+    lora = next((r for r in results if r["method"] == "lora"), None)
+    print("| method | step median ms | min-max ms | / LoRA | peak GiB | / LoRA |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        time_ratio = r["median_ms"] / lora["median_ms"] if lora else float("nan")
+        memory_ratio = r["peak_gib"] / lora["peak_gib"] if lora else float("nan")
+        r.update(time_ratio=time_ratio, memory_ratio=memory_ratio)
+        print(f"| {r['method']} | {r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {time_ratio:.2f} "
+              f"| {r['peak_gib']:.2f} | {memory_ratio:.2f} |")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"header": header, "args": vars(args), "results": results}, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
