@@ -1,0 +1,180 @@
+"""Evaluation speed: GSM8K generation with SmolLM2-135M and a freshly initialised adapter, batched vs batch 1.
+
+Target (issue 4): the GSM8K test set (1319 prompts, up to 256 new tokens) in at most 60 s on one H100 with
+our batched generation (left padding + attention mask, prompts sorted by length, greedy, stop at EOS).
+The batch-1 reference (plain transformers generate, one prompt at a time, greedy) is measured in the same
+run on the first --reference-prompts prompts, and the whole set's batch-1 time is projected from its
+tokens/s. For scale, measured earlier on an H100 with transformers' generate on this model: batch 1 gave
+37 generated tokens/s, batch 64 gave 878/s.
+
+Examples:
+    python benchmarks/eval_speed.py --device cuda                      # the full target run
+    python benchmarks/eval_speed.py --device cpu --limit 8 --max-new-tokens 32 --reference-prompts 2
+
+"Generated tokens" are the new tokens of every sequence up to and including its EOS (padding after an
+early stop is not counted). Times include tokenization and decoding, exclude model loading and a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--adapter", default="hyplora", choices=["hyplora", "lora", "none"],
+                        help="freshly initialised adapter to attach (q,k,v,up,down projections)")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 on CUDA, float32 on CPU")
+    parser.add_argument("--limit", type=int, default=None, help="first N GSM8K prompts (default: all 1319)")
+    parser.add_argument("--batch-size", type=int, default=512, help="our batched setting")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--reference-prompts", type=int, default=16,
+                        help="prompts generated one at a time for the batch-1 reference (0: skip)")
+    parser.add_argument("--data-dir", default=None, help="data directory holding test/gsm8k.json")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    return parser.parse_args(argv)
+
+
+def build_model(args, device, dtype):
+    import peft
+
+    from hyplora.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, dtype=dtype)
+    targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    if args.adapter == "hyplora":
+        from hyplora.adapter import HypLoraConfig
+
+        config = HypLoraConfig(r=args.rank, lora_alpha=2 * args.rank, task_type="CAUSAL_LM", target_modules=targets)
+        model = peft.get_peft_model(model, config)
+    elif args.adapter == "lora":
+        config = peft.LoraConfig(r=args.rank, lora_alpha=2 * args.rank, task_type="CAUSAL_LM", target_modules=targets)
+        model = peft.get_peft_model(model, config)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def timed_generation(model, tokenizer, prompts, *, batch_size, max_new_tokens, device):
+    import torch
+
+    from hyplora.evaluate.generation import iter_generate
+
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    sync()
+    start = time.perf_counter()
+    results = [item for batch in iter_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                               batch_size=batch_size, progress=True) for item in batch]
+    sync()
+    seconds = time.perf_counter() - start
+    results.sort(key=lambda item: item.index)
+    return results, seconds
+
+
+def device_description(device) -> str:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    from hyplora.evaluate.runner import cpu_name
+
+    return cpu_name() + f", torch threads {torch.get_num_threads()}"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import peft
+    import torch
+    import transformers
+
+    from hyplora.data import load_benchmark
+    from hyplora.data.prompts import build_prompt
+    from hyplora.evaluate import score
+    from hyplora.evaluate.runner import resolve_device, resolve_dtype
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    records = load_benchmark("gsm8k", args.data_dir)
+    if args.limit:
+        records = records[: args.limit]
+    prompts = [build_prompt(record) for record in records]
+
+    load_start = time.perf_counter()
+    model, tokenizer = build_model(args, device, dtype)
+    load_seconds = time.perf_counter() - load_start
+    print(f"loaded {args.model} + {args.adapter} adapter on {device} ({dtype}) in {load_seconds:.1f} s", flush=True)
+
+    # warm-up (CUDA context, kernels, allocator) on a few prompts, both shapes
+    timed_generation(model, tokenizer, prompts[:2], batch_size=2, max_new_tokens=4, device=device)
+    timed_generation(model, tokenizer, prompts[:1], batch_size=1, max_new_tokens=4, device=device)
+
+    ours, ours_s = timed_generation(model, tokenizer, prompts, batch_size=args.batch_size,
+                                    max_new_tokens=args.max_new_tokens, device=device)
+    ours_tokens = sum(item.num_tokens for item in ours)
+    correct = sum(score("gsm8k", item.text, records[item.index].answer).correct for item in ours)
+
+    rows = [{
+        "setting": f"batched (ours), batch {args.batch_size}", "prompts": len(prompts), "tokens": ours_tokens,
+        "seconds": ours_s, "tokens_per_s": ours_tokens / ours_s,
+    }]
+    agreement = None
+    if args.reference_prompts > 0:
+        subset = prompts[: args.reference_prompts]
+        ref, ref_s = timed_generation(model, tokenizer, subset, batch_size=1,
+                                      max_new_tokens=args.max_new_tokens, device=device)
+        ref_tokens = sum(item.num_tokens for item in ref)
+        rows.append({"setting": "batch 1 (reference)", "prompts": len(subset), "tokens": ref_tokens,
+                     "seconds": ref_s, "tokens_per_s": ref_tokens / ref_s})
+        agreement = sum(a.text == b.text for a, b in zip(ref, ours[: len(subset)]))
+        rows.append({"setting": "batch 1, projected to all prompts", "prompts": len(prompts), "tokens": ours_tokens,
+                     "seconds": ours_tokens / (ref_tokens / ref_s), "tokens_per_s": ref_tokens / ref_s})
+
+    print()
+    print(f"GSM8K eval speed: {args.model} + fresh {args.adapter} adapter (r={args.rank}), greedy, "
+          f"up to {args.max_new_tokens} new tokens, {dtype}".replace("torch.", ""))
+    print(f"device: {device_description(device)}")
+    print(f"versions: python {platform.python_version()}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, peft {peft.__version__}")
+    print()
+    print("| setting | prompts | generated tokens | seconds | tokens/s | speed-up vs batch 1 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    ref_rate = rows[1]["tokens_per_s"] if len(rows) > 1 else None
+    for row in rows:
+        speedup = f"{row['tokens_per_s'] / ref_rate:.1f}x" if ref_rate else "-"
+        print(f"| {row['setting']} | {row['prompts']} | {row['tokens']} | {row['seconds']:.1f} | "
+              f"{row['tokens_per_s']:.0f} | {speedup} |")
+    print()
+    print(f"accuracy of the batched run (fresh adapter = base model's answers): {correct}/{len(prompts)}")
+    if agreement is not None:
+        print(f"batched and batch-1 outputs identical for {agreement}/{args.reference_prompts} prompts "
+              "(reduced precision can flip a near-tie; float32 on CPU is expected to match)")
+    full = len(prompts) == 1319 and args.max_new_tokens == 256
+    verdict = ("PASS" if ours_s <= 60 else "FAIL") if full else "n/a (not the full 1319-prompt, 256-token setting)"
+    print(f"target <= 60 s for all 1319 prompts: {verdict} ({ours_s:.1f} s)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump({"rows": rows, "device": device_description(device), "dtype": str(dtype),
+                       "correct": correct, "identical_outputs": agreement, "args": vars(args),
+                       "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                                    "peft": peft.__version__, "python": platform.python_version()}},
+                      handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    sys.exit(main())
