@@ -95,6 +95,19 @@ def measure(method: str, args, device, dtype) -> dict:
         if step >= args.warmup:
             times.append((time.perf_counter() - start) * 1e3)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            for _ in range(3):
+                model(input_ids=ids, labels=ids).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            synchronize(device)
+        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(f"--- profile of 3 steps: {method}")
+        print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
     result = {"method": method, "median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
               "peak_gib": peak, "final_loss": loss.item()}
     del model, optimizer
@@ -121,6 +134,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tiny", action="store_true", help="a small model for a quick smoke run")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per method")
     args = parser.parse_args()
     if args.tiny:
         args.hidden, args.intermediate, args.heads, args.kv_heads, args.layers = 256, 512, 4, 2, 2

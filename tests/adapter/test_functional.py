@@ -115,3 +115,39 @@ def test_float32_agrees_with_float64(variant):
     exact = Fn.BRANCHES[variant](x, A, B, K, s, 2.0, 12.0)
     approx = Fn.BRANCHES[variant](*(t.float() for t in (x, A, B, K, s)), 2.0, 12.0)
     torch.testing.assert_close(approx.double(), exact, rtol=2e-4, atol=1e-30)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_float32_copy_of_the_input_is_kept_for_backward(variant):
+    """Only per-token and rank-sized float32 tensors are saved; the bf16 input is saved as it is."""
+    x, A, B, K, s = make_inputs(variant, seed=7, d_in=64, d_out=48, r=4)
+    x = x[10:30].to(torch.bfloat16).requires_grad_(True)
+    A, B, K, s = (t.float().requires_grad_(True) for t in (A, B, K, s))
+    saved = []
+
+    def pack(tensor):
+        saved.append((tensor.dtype, tuple(tensor.shape)))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = Fn.BRANCHES[variant](x, A, B, K, s, 2.0, 12.0)
+    big = [entry for entry in saved if len(entry[1]) == 2 and entry[1][0] == x.shape[0] and entry[1][1] >= 48]
+    assert big and all(dtype == torch.bfloat16 for dtype, _ in big), big
+    out.sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    reference_x = x.detach().float().requires_grad_(True)
+    Fn.LITERAL_BRANCHES[variant](reference_x, A.detach(), B.detach(), K.detach(), s.detach(), 2.0, 12.0).sum().backward()
+    torch.testing.assert_close(x.grad.float(), reference_x.grad, rtol=2e-2, atol=1e-6)
+
+
+def test_gate_derivatives_match_autograd_across_their_series_cutoffs():
+    t = torch.tensor([1e-8, 1e-3, 0.099, 0.101, 0.49, 0.51, 3.0, 30.0], dtype=torch.float64, requires_grad=True)
+    from hyplora.geometry import asinhc, sinhc
+
+    (d_sinhc,) = torch.autograd.grad(sinhc(t).sum(), t)
+    (d_asinhc,) = torch.autograd.grad(asinhc(t).sum(), t)
+    torch.testing.assert_close(Fn._sinhc_prime(t.detach()), d_sinhc, rtol=1e-9, atol=1e-300)
+    torch.testing.assert_close(Fn._asinhc_prime(t.detach()), d_asinhc, rtol=1e-9, atol=1e-300)
+    t32 = t.detach().float()
+    torch.testing.assert_close(Fn._sinhc_prime(t32).double(), d_sinhc, rtol=2e-5, atol=1e-30)
+    torch.testing.assert_close(Fn._asinhc_prime(t32).double(), d_asinhc, rtol=2e-5, atol=1e-30)

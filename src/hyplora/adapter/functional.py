@@ -32,6 +32,8 @@ Both gates tend to 2 and 1/2 at the origin, so every variant starts as LoRA for 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -45,21 +47,220 @@ def _matmul_t(x: Tensor, weight: Tensor) -> Tensor:
     return x @ weight.t()
 
 
-def _radius_factor(u: Tensor, K: Tensor, theta_max: float) -> tuple[Tensor, Tensor]:
-    """``(g1, |u|)`` with ``g1 = sinh(min(th, th_max)) / th``, ``th = |u| / sqrt(K)`` (the factor of expmap0)."""
-    norm = _norm(u)
-    theta = norm / K.sqrt()
+# ----------------------------------------------------------------------------------------- the fast path
+# Every branch has the form  branch = Z @ B^T  where Z (tokens x r, or r + 1) is a function of small
+# per-token quantities: a = x A^T (r numbers), |x| (one number), and the r x r Gram matrix B^T B, which gives
+# |B z| = sqrt(z^T (B^T B) z) without materialising B z. So the only passes over d-sized activations are the
+# two matmuls LoRA does anyway plus one norm of x, and the only saved d-sized tensor is x itself, in its own
+# dtype (the custom function below recasts it in backward instead of keeping a float32 copy alive).
+
+
+class _ProjectAndNorm(torch.autograd.Function):
+    """``(x A^T, |x|)`` computed in A's dtype from an input of any float dtype; saves x as given."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, A: Tensor):
+        x_cast = x.to(A.dtype)
+        projected = x_cast @ A.t()
+        norm = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True)
+        ctx.save_for_backward(x, A, norm)
+        return projected, norm
+
+    @staticmethod
+    def backward(ctx, grad_projected: Tensor, grad_norm: Tensor):
+        x, A, norm = ctx.saved_tensors
+        x_cast = x.to(A.dtype)
+        grad_x = grad_A = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_projected @ A
+            if grad_norm is not None:
+                # d|x|/dx = x / |x|, and 0 at x = 0 (where x itself is 0)
+                grad_x = grad_x + x_cast * (grad_norm / norm.clamp_min(1e-30))
+            grad_x = grad_x.to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_A = grad_projected.reshape(-1, A.shape[0]).t() @ x_cast.reshape(-1, A.shape[1])
+        return grad_x, grad_A
+
+
+def _gram_norm(z: Tensor, gram: Tensor) -> Tensor:
+    """``|B z|`` per row from ``gram = B^T B`` (keepdim, floored so that its gradient is finite at 0)."""
+    return ((z @ gram) * z).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()
+
+
+def _exp_factor(norm_u: Tensor, sqrt_k: Tensor, theta_max: float) -> tuple[Tensor, Tensor]:
+    """``(g1, min(theta, theta_max))``: the exponential map's space part is ``g1 u``, ``theta = |u| / sqrt(K)``."""
+    theta = norm_u.clamp_min(1e-30) / sqrt_k
     clamped = theta.clamp_max(theta_max)
-    return sinhc(clamped) * (clamped / theta), norm
+    return sinhc(clamped) * (clamped / theta), clamped
+
+
+def _sinhc_prime(theta: Tensor) -> Tensor:
+    """d/dt (sinh t / t) = (t cosh t - sinh t) / t^2; its Taylor series below 0.5 (the closed form cancels)."""
+    small = theta < 0.5
+    t = torch.where(small, torch.ones_like(theta), theta)
+    t2 = theta * theta
+    series = theta * (1 / 3 + t2 * (1 / 30 + t2 * (1 / 840 + t2 * (1 / 45360 + t2 / 3991680))))
+    return torch.where(small, series, (t * torch.cosh(t) - torch.sinh(t)) / (t * t))
+
+
+def _asinhc_prime(z: Tensor) -> Tensor:
+    """d/dz (asinh z / z) = (z / sqrt(1 + z^2) - asinh z) / z^2; its Taylor series below 0.1."""
+    small = z < 0.1
+    t = torch.where(small, torch.ones_like(z), z)
+    z2 = z * z
+    series = z * (-1 / 3 + z2 * (3 / 10 + z2 * (-15 / 56 + z2 * (35 / 144 - z2 * 315 / 1408))))
+    return torch.where(small, series, (t / torch.sqrt(1 + t * t) - torch.asinh(t)) / (t * t))
+
+
+def _lorentz_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float):
+    """"lorentz" gates with their partial derivatives, per token.
+
+    ``g1 = sinh(min(t, t_max)) / t`` with ``t = n / sqrt(K)``; ``G = g1 asinhc(g1 m / sqrt(K))``.
+    Returns ``(G, dG/dn, dG/dm, dG/dK)``.
+    """
+    sqrt_k = K.sqrt()
+    theta = norm_u.clamp_min(1e-30) / sqrt_k
+    clamped = theta > theta_max
+    safe = theta.clamp_max(theta_max)
+    g1 = torch.where(clamped, math.sinh(theta_max) / theta, sinhc(safe))
+    dg1_dtheta = torch.where(clamped, -g1 / theta, _sinhc_prime(safe))
+    z = g1 * m / sqrt_k
+    g2 = asinhc(z)
+    dg2_dz = _asinhc_prime(z)
+    dG_dg1 = g2 + g1 * dg2_dz * m / sqrt_k
+    dG_dn = dG_dg1 * dg1_dtheta / sqrt_k
+    dG_dm = g1 * g1 * dg2_dz / sqrt_k
+    dG_dK = -(g1 * dg2_dz * z + dG_dg1 * dg1_dtheta * theta) / (2 * K)
+    return g1 * g2, dG_dn, dG_dm, dG_dK
+
+
+def _stereographic_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float):
+    """"stereographic" gates with their partial derivatives, per token.
+
+    ``g1 = 2K / (K - n^2)`` (n capped at ``rho = sqrt(K) tanh(t_max / 2)``, beyond which
+    ``g1 = sqrt(K) sinh(t_max) / n``); ``G = g1 sqrt(K) / (sqrt(K) + sqrt(K + (g1 m)^2))``.
+    Returns ``(G, dG/dn, dG/dm, dG/dK)``.
+    """
+    sqrt_k = K.sqrt()
+    n = norm_u.clamp_min(1e-30)
+    capped = n >= sqrt_k * math.tanh(theta_max / 2.0)
+    inside = torch.minimum(n, sqrt_k * math.tanh(theta_max / 2.0))
+    gap = K - inside * inside
+    g1 = torch.where(capped, sqrt_k * math.sinh(theta_max) / n, 2.0 * K / gap)
+    dg1_dn = torch.where(capped, -g1 / n, 4.0 * K * inside / (gap * gap))
+    dg1_dK = torch.where(capped, g1 / (2.0 * K), -2.0 * inside * inside / (gap * gap))
+    w = g1 * m
+    root = torch.hypot(w, sqrt_k)  # sqrt(K + w^2)
+    denom = sqrt_k + root
+    g2 = sqrt_k / denom
+    dg2_dw = -sqrt_k * (w / root) / (denom * denom)
+    dg2_dK = w * w / (2.0 * sqrt_k * root * denom * denom)
+    dG_dg1 = g2 + g1 * dg2_dw * m
+    return g1 * g2, dG_dg1 * dg1_dn, g1 * g1 * dg2_dw, g1 * dg2_dK + dG_dg1 * dg1_dK
+
+
+_GATES = {"lorentz": _lorentz_gates, "stereographic": _stereographic_gates}
+
+
+class _GatedLowRank(torch.autograd.Function):
+    """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
+
+    One autograd node per layer, like LoRA's two matmuls: the backward is written out, so that it costs
+    LoRA's three matmuls plus rank-sized work, and only x (in its own dtype), ``A u`` (rank-sized) and
+    per-token numbers are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, x, A, B, K, s, variant: str, scaling: float, theta_max: float):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        x_cast = x2.to(A.dtype)
+        a = (x_cast @ A.t()) / s  # A u
+        norm_u = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True) / s
+        gram = B.t() @ B
+        m = ((a @ gram) * a).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()  # |B A u|
+        gates = _gate_fn(variant, x.device.type)
+        G, dG_dn, dG_dm, dG_dK = gates(norm_u, m, K, theta_max)
+        out = (a * (scaling * G)) @ B.t()
+        ctx.save_for_backward(x, A, B, K, s, a, norm_u, m, G, dG_dn, dG_dm, dG_dK)
+        ctx.scaling = scaling
+        return out.reshape(*shape[:-1], B.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, A, B, K, s, a, norm_u, m, G, dG_dn, dG_dm, dG_dK = ctx.saved_tensors
+        c = ctx.scaling
+        shape = x.shape
+        x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
+        grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
+        q = grad_out @ B  # dL/d(Z), Z = c G a
+        dL_dG = c * (q * a).sum(dim=-1, keepdim=True)
+        dL_dn = dL_dG * dG_dn
+        beta = dL_dG * dG_dm / m  # dL/dm * dm/da = beta * (B^T B) a
+        gram = B.t() @ B
+        dL_da = (c * G) * q + beta * (a @ gram)
+        grad_x = grad_A = grad_B = grad_K = grad_s = None
+        if ctx.needs_input_grad[0]:
+            # u = x / s: dL/dx = (A^T dL/da + dL/dn u / n) / s
+            grad_x = (dL_da @ A + x_cast * (dL_dn / (norm_u.clamp_min(1e-30) * s))) / s
+            grad_x = grad_x.to(x.dtype).reshape(shape)
+        if ctx.needs_input_grad[1]:
+            grad_A = (dL_da / s).t() @ x_cast
+        if ctx.needs_input_grad[2]:
+            grad_B = grad_out.t() @ (a * (c * G)) + B @ (a.t() @ (beta * a))
+        if ctx.needs_input_grad[3]:
+            grad_K = (dL_dG * dG_dK).sum().reshape(K.shape)
+        if ctx.needs_input_grad[4]:
+            grad_s = (-((dL_da * a).sum() + (dL_dn * norm_u).sum()) / s).reshape(s.shape)
+        return grad_x, grad_A, grad_B, grad_K, grad_s, None, None, None
+
+
+def _lorentz_full_rank_space(projected, norm_x, K, s, gram, scaling: float, theta_max: float, A_time) -> Tensor:
+    sqrt_k = K.sqrt()
+    g1, clamped = _exp_factor(norm_x / s, sqrt_k, theta_max)
+    hidden = projected * (g1 / s) + (sqrt_k * torch.cosh(clamped)) * A_time  # A (x0, g1 u)
+    time = torch.hypot(torch.linalg.vector_norm(hidden, dim=-1, keepdim=True), sqrt_k)
+    point = torch.cat([time, hidden], dim=-1)  # (r + 1)-point on L_K
+    return point * (scaling * asinhc(_gram_norm(point, gram) / sqrt_k))
+
+
+_FUSIBLE = {**_GATES, "lorentz-full": _lorentz_full_rank_space}
+_compiled: dict[str, object] = {}
+_compile_failed: set[str] = set()
+
+
+def _gate_fn(variant: str, device_type: str):
+    """The variant's per-token function, fused by torch.compile on CUDA (eager elsewhere or on failure)."""
+    eager = _FUSIBLE[variant]
+    if device_type != "cuda" or variant in _compile_failed or os.environ.get("HYPLORA_COMPILE", "1") == "0":
+        return eager
+    if variant not in _compiled:
+        _compiled[variant] = torch.compile(eager, dynamic=True)
+    compiled = _compiled[variant]
+
+    def run(*args):
+        try:
+            return compiled(*args)
+        except Exception as exc:  # no Triton, no compiler: same math, unfused
+            warnings.warn(f"hyplora: torch.compile failed for the {variant} branch, running it eagerly: {exc}")
+            _compile_failed.add(variant)
+            return eager(*args)
+
+    return run
+
+
+def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):
+    if variant in _GATES:
+        return _GatedLowRank.apply(x, A, B, K, s, variant, scaling, theta_max)
+    projected, norm_x = _ProjectAndNorm.apply(x, A[:, 1:])
+    gram = B.t() @ B
+    rank_space = _gate_fn(variant, x.device.type)(projected, norm_x, K, s, gram, scaling, theta_max, A[:, 0])
+    return rank_space @ B.t()
 
 
 def lorentz_branch(x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float) -> Tensor:
     """The "lorentz" branch in its fast form (see module docstring)."""
-    u = x / s
-    g1, _ = _radius_factor(u, K, theta_max)
-    h = _matmul_t(_matmul_t(u, A), B)
-    g2 = asinhc(g1 * _norm(h) / K.sqrt())
-    return h * (scaling * g1 * g2)
+    return _branch("lorentz", x, A, B, K, s, scaling, theta_max)
 
 
 def lorentz_branch_literal(
@@ -82,11 +283,7 @@ def lorentz_full_branch(
         y_s = B h;       y = (sqrt(K + |y_s|^2), y_s)
         branch = scaling * log_o(y)_s
     """
-    point = expmap0(x / s, K, max_theta=theta_max)
-    hidden = _matmul_t(point, A)
-    hidden = torch.cat([time_coordinate(hidden, K), hidden], dim=-1)
-    space = _matmul_t(hidden, B)
-    return space * (scaling * asinhc(_norm(space) / K.sqrt()))
+    return _branch("lorentz-full", x, A, B, K, s, scaling, theta_max)
 
 
 def lorentz_full_branch_literal(
@@ -101,25 +298,11 @@ def lorentz_full_branch_literal(
     return scaling * logmap0(mapped, K)
 
 
-def _ball_lift_factor(u: Tensor, K: Tensor, theta_max: float) -> Tensor:
-    """``g1`` with ``x_s = g1 u`` the inverse stereographic projection of ``u`` (norm capped inside the ball)."""
-    norm = _norm(u)
-    max_norm = K.sqrt() * math.tanh(theta_max / 2.0)
-    capped = torch.minimum(norm, max_norm)
-    return (2.0 * K / (K - capped * capped)) * (capped / norm)
-
-
 def stereographic_branch(
     x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float
 ) -> Tensor:
     """The "stereographic" branch in its fast form (see module docstring)."""
-    u = x / s
-    g1 = _ball_lift_factor(u, K, theta_max)
-    h = _matmul_t(_matmul_t(u, A), B)
-    y_norm = g1 * _norm(h)
-    sqrt_k = K.sqrt()
-    g2 = sqrt_k / (sqrt_k + torch.hypot(y_norm, sqrt_k))
-    return h * (scaling * g1 * g2)
+    return _branch("stereographic", x, A, B, K, s, scaling, theta_max)
 
 
 def stereographic_branch_literal(

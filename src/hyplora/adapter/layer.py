@@ -111,29 +111,35 @@ class HypLoraLinear(nn.Module, LoraLayer):
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     # ------------------------------------------------------------------------------------ learned scalars
-    def _scalar(self, value: float, like: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([value], dtype=like.dtype, device=like.device)
+    def _constant(self, value: float, like: torch.Tensor) -> torch.Tensor:
+        """A cached 1-element tensor: creating one per call would copy host->device and stall a GPU stream."""
+        cache = self._caches.setdefault("hyplora_constants", {})
+        key = (value, like.device, like.dtype)
+        if key not in cache:
+            cache[key] = torch.tensor([value], dtype=like.dtype, device=like.device)
+        return cache[key]
 
     def curvature(self, adapter_name: str) -> torch.Tensor:
         """K of the adapter's hyperboloid L_K (curvature -1/K), as a float32 1-element tensor."""
         settings = self.hyplora_settings[adapter_name]
-        weight = self.lora_A[adapter_name].weight
         param = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
         if settings["compat"] == "reference":
-            raw = param.float() if param is not None else self._scalar(settings["curvature"], weight.float())
+            weight = self.lora_A[adapter_name].weight
+            raw = param.float() if param is not None else self._constant(settings["curvature"], weight.float())
             return Fn.reference_curvature(raw) if settings["variant"] == "lorentz" else raw
-        K0 = self._scalar(settings["curvature"], weight.float())
-        return K0 if param is None else K0 * torch.exp(param.float())
+        if param is None:
+            return self._constant(settings["curvature"], self.lora_A[adapter_name].weight.float())
+        return torch.exp(param.float()) * settings["curvature"]
 
     def feature_scale(self, adapter_name: str) -> torch.Tensor:
         """The scale s the input is divided by before it is mapped to the hyperboloid (1-element tensor)."""
         settings = self.hyplora_settings[adapter_name]
-        weight = self.lora_A[adapter_name].weight
-        s0 = self._scalar(settings["feature_scale"], weight.float())
         param = self.lora_feature_scale[adapter_name] if adapter_name in self.lora_feature_scale else None
         if param is None:
-            return s0
-        return param.float() if settings["compat"] == "reference" else s0 * torch.exp(param.float())
+            return self._constant(settings["feature_scale"], self.lora_A[adapter_name].weight.float())
+        if settings["compat"] == "reference":
+            return param.float()
+        return torch.exp(param.float()) * settings["feature_scale"]
 
     # ------------------------------------------------------------------------------------------- forward
     def hyperbolic_branch(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
@@ -148,14 +154,16 @@ class HypLoraLinear(nn.Module, LoraLayer):
             else nullcontext()
         )
         with no_autocast:
-            x = self.lora_dropout[adapter_name](x.to(dtype))
+            # x keeps its dtype: the fast path casts it inside (and saves it uncast for backward).
+            x = self.lora_dropout[adapter_name](x)
             A, B = A.to(dtype), B.to(dtype)
             K = self.curvature(adapter_name).to(dtype)
             scaling = self.scaling[adapter_name]
             if settings["compat"] == "reference":
+                x = x.to(dtype)  # the released code computes in float32
                 if settings["variant"] == "lorentz":
                     raw_k = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
-                    raw_k = raw_k.to(dtype) if raw_k is not None else self._scalar(settings["curvature"], x)
+                    raw_k = raw_k.to(dtype) if raw_k is not None else self._constant(settings["curvature"], x)
                     s = self.feature_scale(adapter_name).to(dtype)
                     return Fn.reference_lorentz_branch(x, A, B, raw_k, s, scaling)
                 return Fn.reference_stereographic_branch(x, A, B, K, scaling)
