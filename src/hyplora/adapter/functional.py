@@ -103,13 +103,21 @@ def _sinhc_prime(theta: Tensor) -> Tensor:
     return torch.where(small, series, (t * torch.cosh(t) - torch.sinh(t)) / (t * t))
 
 
+# asinh(z) / z = sum_k c_k z^(2k), c_k = (-1)^k (2k)! / (4^k (k!)^2 (2k + 1)); the derivative's coefficients:
+_ASINHC_PRIME_COEFFICIENTS = [
+    2 * k * (-1) ** k * math.factorial(2 * k) / (4**k * math.factorial(k) ** 2 * (2 * k + 1)) for k in range(1, 17)
+]
+
+
 def _asinhc_prime(z: Tensor) -> Tensor:
-    """d/dz (asinh z / z) = (z / sqrt(1 + z^2) - asinh z) / z^2; its Taylor series below 0.1."""
-    small = z < 0.1
+    """d/dz (asinh z / z) = (z / sqrt(1 + z^2) - asinh z) / z^2; its Taylor series (to z^31) below 0.3."""
+    small = z < 0.3
     t = torch.where(small, torch.ones_like(z), z)
     z2 = z * z
-    series = z * (-1 / 3 + z2 * (3 / 10 + z2 * (-15 / 56 + z2 * (35 / 144 - z2 * 315 / 1408))))
-    return torch.where(small, series, (t / torch.sqrt(1 + t * t) - torch.asinh(t)) / (t * t))
+    series = torch.zeros_like(z)
+    for coefficient in reversed(_ASINHC_PRIME_COEFFICIENTS):
+        series = series * z2 + coefficient
+    return torch.where(small, series * z, (t / torch.sqrt(1 + t * t) - torch.asinh(t)) / (t * t))
 
 
 def _lorentz_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float):
