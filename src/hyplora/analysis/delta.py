@@ -34,15 +34,35 @@ Points repeated in a set (a token occurring twice in a prompt) do not change δ 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 
 Tensor = torch.Tensor
 
-# Elements per (rows × columns × inner) block of the max-min product: 2^22 float32 numbers = 16 MiB per
+# Elements per (rows × columns × inner) block of the max-min product: 2^22 numbers = 32 MiB per float64
 # temporary, small enough for any machine and large enough that Python overhead stays small.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch intra-op threads (None: leave the setting alone).
+
+    δ is many small max/min reductions; splitting each across threads gains little, and when another
+    process holds a core the threads' barrier waits made float32 40x slower in our measurements (see
+    benchmarks/RESULTS.md). One thread per δ computation is fast and stable. Not thread-safe: the
+    setting is process-wide.
+    """
+    previous = torch.get_num_threads()
+    if count is not None and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 @dataclass(frozen=True)
@@ -78,8 +98,8 @@ def _check_distance_matrix(distances: Tensor) -> None:
 
 
 def delta_at_base_point(
-    distances: Tensor, base: int = 0, *, dtype: torch.dtype = torch.float32,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    distances: Tensor, base: int = 0, *, dtype: torch.dtype = torch.float64,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS, threads: int | None = 1,
 ) -> float:
     """δ_w = max_{x,y} ((G_w ⊗ G_w) - G_w)[x,y] for the single base point w = ``base``.
 
@@ -92,7 +112,8 @@ def delta_at_base_point(
         raise ValueError(f"base point {base} out of range for {n} points")
     others = torch.cat([torch.arange(base), torch.arange(base + 1, n)])
     d = distances.to(dtype)
-    return _delta_for_base(d[base, others], d[others][:, others], chunk_elements)
+    with torch_threads(threads):
+        return _delta_for_base(d[base, others], d[others][:, others], chunk_elements)
 
 
 def _delta_for_base(distance_to_base: Tensor, distances: Tensor, chunk_elements: int) -> float:
@@ -120,12 +141,15 @@ def _delta_for_base(distance_to_base: Tensor, distances: Tensor, chunk_elements:
 
 
 def gromov_delta(
-    distances: Tensor, *, dtype: torch.dtype = torch.float32, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    distances: Tensor, *, dtype: torch.dtype = torch.float64, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    threads: int | None = 1,
 ) -> float:
     """Exact δ = max over all quadruples of (S1 - S2) / 2 (see the module docstring) of a distance matrix.
 
-    ``dtype`` is the precision of the Gromov-product arithmetic (float32 or float64); the max-min steps
+    ``dtype`` is the precision of the Gromov-product arithmetic (float64 by default: on CPU it measured as
+    fast as float32 here, see benchmarks/RESULTS.md; float32 agrees to ~3e-7 in δ_rel); the max-min steps
     themselves are exact selections. Returns 0 for fewer than 4 points. Memory is O(n^2 + chunk_elements).
+    ``threads``: torch intra-op threads during the computation (see `torch_threads`; None keeps the setting).
     """
     _check_distance_matrix(distances)
     if dtype not in (torch.float32, torch.float64):
@@ -133,17 +157,19 @@ def gromov_delta(
     d = distances.to(dtype)
     n = d.shape[0]
     best = 0.0
-    for base in range(n - 3):
-        # Quadruples whose first (lowest-index) point is `base`; the later bases never see it again.
-        best = max(best, _delta_for_base(d[base, base + 1:], d[base + 1:, base + 1:], chunk_elements))
+    with torch_threads(threads):
+        for base in range(n - 3):
+            # Quadruples whose first (lowest-index) point is `base`; the later bases never see it again.
+            best = max(best, _delta_for_base(d[base, base + 1:], d[base + 1:, base + 1:], chunk_elements))
     return best
 
 
 def delta_hyperbolicity(
-    distances: Tensor, *, dtype: torch.dtype = torch.float32, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    distances: Tensor, *, dtype: torch.dtype = torch.float64, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    threads: int | None = 1,
 ) -> DeltaResult:
     """δ, diameter and (via ``.relative_delta``) δ_rel = 2 δ / diam of a distance matrix."""
-    delta = gromov_delta(distances, dtype=dtype, chunk_elements=chunk_elements)
+    delta = gromov_delta(distances, dtype=dtype, chunk_elements=chunk_elements, threads=threads)
     diameter = float(distances.max()) if distances.numel() else 0.0
     return DeltaResult(delta=delta, diameter=diameter, n_points=int(distances.shape[0]))
 
@@ -154,12 +180,14 @@ def unique_points(points: Tensor) -> Tensor:
 
 
 def delta_hyperbolicity_of_points(
-    points: Tensor, *, dtype: torch.dtype = torch.float32, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    points: Tensor, *, dtype: torch.dtype = torch.float64, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    threads: int | None = 1,
 ) -> DeltaResult:
     """δ and δ_rel of a point cloud (n, dim) under Euclidean distance; duplicates removed first.
 
-    Distances are computed in float64 and then rounded to ``dtype`` for the four-point arithmetic.
+    Distances are computed in float64 (and rounded to ``dtype`` if that is float32).
     ``n_points`` of the result counts distinct points.
     """
     distinct = unique_points(points.detach())
-    return delta_hyperbolicity(pairwise_distances(distinct), dtype=dtype, chunk_elements=chunk_elements)
+    return delta_hyperbolicity(pairwise_distances(distinct), dtype=dtype, chunk_elements=chunk_elements,
+                               threads=threads)

@@ -20,7 +20,7 @@ from ..errors import HypLoraUserError
 from ..models import DEFAULT_MODEL
 from . import plots
 from .corpus import DEFAULT_DATASETS, TokenizedDataset, load_dataset_texts, tokenize_datasets
-from .delta import delta_hyperbolicity_of_points
+from .delta import delta_at_base_point, delta_hyperbolicity, pairwise_distances, torch_threads
 from .embeddings import final_hidden_states, input_embedding_matrix
 from .frequency import count_tokens, frequency_distribution, rank_frequency
 from .norms import (
@@ -83,7 +83,35 @@ def _load_models(config: AnalysisConfig):
     return tokenizer, model, adapted
 
 
-def _delta_summary(values: list[float], n_points: list[int]) -> dict:
+def prompt_delta(points: torch.Tensor) -> tuple[float, float, int]:
+    """(exact δ_rel, δ_rel at the first point as base, number of points) of one prompt's vectors.
+
+    The second value is the fixed-base-point δ_w of Khrulkov et al. (base = the prompt's first token), the
+    quantity the reference code reports; it is a lower bound of the exact δ (δ_w <= δ <= 2 δ_w).
+    """
+    with torch_threads(1):
+        distances = pairwise_distances(points.detach())
+        exact = delta_hyperbolicity(distances)
+        at_first = 2.0 * delta_at_base_point(distances, 0) / exact.diameter if exact.diameter > 0 else float("nan")
+    return exact.relative_delta, at_first, exact.n_points
+
+
+def _first_occurrences(ids: list[int]) -> list[int]:
+    # Repeated tokens are the same point (they change neither δ nor diam); keep the first token first,
+    # since it is the base point of the fixed-base-point variant.
+    return list(dict.fromkeys(ids))
+
+
+def _finite_stats(values: list[float]) -> dict:
+    finite = np.array([v for v in values if v == v], dtype=float)
+    return {
+        "mean": float(finite.mean()) if finite.size else float("nan"),
+        "std": float(finite.std()) if finite.size else float("nan"),
+        "median": float(np.median(finite)) if finite.size else float("nan"),
+    }
+
+
+def _delta_summary(values: list[float], at_first: list[float], n_points: list[int]) -> dict:
     finite = np.array([v for v in values if v == v], dtype=float)
     return {
         "n_prompts": len(values),
@@ -93,6 +121,7 @@ def _delta_summary(values: list[float], n_points: list[int]) -> dict:
         "median": float(np.median(finite)) if finite.size else float("nan"),
         "relative_delta": values,
         "n_points": n_points,
+        "first_token_base": {**_finite_stats(at_first), "relative_delta": at_first},
     }
 
 
@@ -101,12 +130,14 @@ def delta_of_input_embeddings(datasets: list[TokenizedDataset], embeddings: torc
     """Per dataset, δ_rel of each prompt's token input embeddings (distinct tokens; see delta.py)."""
     out = {}
     for dataset in datasets:
-        values, sizes = [], []
-        for ids in tqdm(dataset.token_ids, desc=f"δ input embeddings · {dataset.name}", disable=not progress):
-            result = delta_hyperbolicity_of_points(embeddings[torch.tensor(sorted(set(ids)))])
-            values.append(result.relative_delta)
-            sizes.append(result.n_points)
-        out[dataset.name] = _delta_summary(values, sizes)
+        values, at_first, sizes = [], [], []
+        with torch_threads(1):  # set once for the loop rather than per prompt
+            for ids in tqdm(dataset.token_ids, desc=f"δ input embeddings · {dataset.name}", disable=not progress):
+                exact, first, n = prompt_delta(embeddings[torch.tensor(_first_occurrences(ids))])
+                values.append(exact)
+                at_first.append(first)
+                sizes.append(n)
+        out[dataset.name] = _delta_summary(values, at_first, sizes)
     return out
 
 
@@ -115,12 +146,13 @@ def delta_of_hidden_states(datasets: list[TokenizedDataset], model, tokenizer, l
     """Per dataset, δ_rel of each prompt's final-hidden-layer states (one point per text token)."""
     out = {}
     for dataset in datasets:
-        values, sizes = [], []
+        values, at_first, sizes = [], [], []
         for text in tqdm(dataset.texts, desc=f"δ hidden states ({label}) · {dataset.name}", disable=not progress):
-            result = delta_hyperbolicity_of_points(final_hidden_states(model, tokenizer, text))
-            values.append(result.relative_delta)
-            sizes.append(result.n_points)
-        out[dataset.name] = _delta_summary(values, sizes)
+            exact, first, n = prompt_delta(final_hidden_states(model, tokenizer, text))
+            values.append(exact)
+            at_first.append(first)
+            sizes.append(n)
+        out[dataset.name] = _delta_summary(values, at_first, sizes)
     return out
 
 
@@ -211,7 +243,9 @@ def run_analysis(config: AnalysisConfig) -> dict:
             "embedding_dim": int(embeddings.shape[1]),
             "delta_definition": "relative delta = 2*delta/diam, delta = max over quadruples of (S1-S2)/2 "
                                 "(Gromov four-point condition, exact), Euclidean distances between distinct "
-                                "token vectors of a prompt, float32 four-point arithmetic",
+                                "token vectors of a prompt, float64 arithmetic; first_token_base: "
+                                "the fixed-base-point value of Khrulkov et al. with the prompt's first token as "
+                                "base (a lower bound, what the reference code reports)",
             "torch_version": torch.__version__,
         },
         "frequency": frequency,

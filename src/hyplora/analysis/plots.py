@@ -136,7 +136,7 @@ def plot_hierarchy(hierarchy: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("token count in the analysed texts (tokens never seen are left out)")
     ax.set_ylabel("input-embedding norm")
-    ax.set_title("General words: frequent, small norm; specific: rare, large norm")
+    ax.set_title("Token groups by frequency and norm\n(a tree-like embedding puts general, frequent words at small norm)", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, which="major", alpha=0.3)
     polar.set_rlim(0, 1.05)

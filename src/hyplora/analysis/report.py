@@ -115,14 +115,22 @@ def markdown_report(results: dict) -> str:
         "",
         "## 3. δ-hyperbolicity (relative δ = 2δ/diam per prompt, exact four-point condition)",
         "",
-        "| representation | dataset | prompts | mean ± std | median |",
-        "|---|---|---|---|---|",
+        "| representation | dataset | prompts | exact: mean ± std | exact: median | first-token base: mean ± std |",
+        "|---|---|---|---|---|---|",
     ]
     for representation, per_dataset in results["delta"].items():
         for name, data in per_dataset.items():
+            base = data["first_token_base"]
             lines.append(
-                f"| {representation} | {name} | {data['n_prompts']} | {_fmt(data['mean'])} ± {_fmt(data['std'])} | {_fmt(data['median'])} |"
+                f"| {representation} | {name} | {data['n_prompts']} | {_fmt(data['mean'])} ± {_fmt(data['std'])} | "
+                f"{_fmt(data['median'])} | {_fmt(base['mean'])} ± {_fmt(base['std'])} |"
             )
+    lines += [
+        "",
+        "Exact: max over all quadruples of the prompt's distinct token vectors. First-token base: the "
+        "fixed-base-point value of Khrulkov et al. (base = first token), as the reference code computes it; "
+        "it is a lower bound of the exact value (δ_w <= δ <= 2 δ_w).",
+    ]
     lines += ["", "Reference spaces (same computation):", "", "| space | points | relative δ mean ± std |", "|---|---|---|"]
     for ref in results["references"]:
         lines.append(f"| {ref['space']} ({ref['description']}) | {ref['n_points']} | {_fmt(ref['mean'])} ± {_fmt(ref['std'])} |")
