@@ -103,8 +103,8 @@ def delta_at_base_point(
 ) -> float:
     """δ_w = max_{x,y} ((G_w ⊗ G_w) - G_w)[x,y] for the single base point w = ``base``.
 
-    This is the largest four-point δ over quadruples containing w, the quantity the reference code of
-    Khrulkov et al. (and of HypLoRA) reports as δ; it satisfies δ_w <= δ <= 2 δ_w.
+    This is the largest four-point δ over quadruples containing w: the fixed-base-point estimate of
+    Khrulkov et al. (2020), which reference implementations report as δ. It satisfies δ_w <= δ <= 2 δ_w.
     """
     _check_distance_matrix(distances)
     n = distances.shape[0]

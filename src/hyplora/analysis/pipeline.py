@@ -54,6 +54,9 @@ class AnalysisConfig:
     reference_samples: int = 5
     seed: int = 0
     progress: bool = True
+    # torch intra-op threads for the forward passes (δ always uses one). One is the default because on a
+    # shared 2-core machine two threads made each forward pass ~50x slower whenever another process was busy.
+    threads: int | None = 1
 
 
 def _check_output_dir(path: Path) -> None:
@@ -159,7 +162,7 @@ def delta_of_hidden_states(datasets: list[TokenizedDataset], model, tokenizer, l
 def frequency_section(datasets: list[TokenizedDataset], vocab_size: int) -> tuple[dict, np.ndarray]:
     """Per-dataset counts, rank-frequency, frequency distribution and power-law fit; and all counts summed."""
     section, total = {}, np.zeros(vocab_size, dtype=np.int64)
-    for dataset in tqdm(datasets, desc="token frequency and power-law fits", disable=True):
+    for dataset in datasets:
         counts = count_tokens(dataset.token_ids, vocab_size)
         total += counts
         ranks, ordered = rank_frequency(counts)
@@ -199,6 +202,14 @@ def run_analysis(config: AnalysisConfig) -> dict:
             f"the tokenizer produced token id {largest_id} but the model has only {vocab_size} input embeddings"
         )
 
+    with torch_threads(config.threads):
+        results = _compute(config, datasets, tokenizer, model, adapted, embeddings)
+    _write_outputs(results, output_dir)
+    return results
+
+
+def _compute(config: AnalysisConfig, datasets, tokenizer, model, adapted, embeddings) -> dict:
+    vocab_size = embeddings.shape[0]
     steps = tqdm(total=6, desc="hyplora analyze", disable=not config.progress)
     frequency, total_counts = frequency_section(datasets, vocab_size)
     steps.update()
@@ -225,7 +236,14 @@ def run_analysis(config: AnalysisConfig) -> dict:
                                                                    config.progress)
     steps.update()
 
-    references = [r.to_dict() for r in calibrate(config.reference_points, config.reference_samples, config.seed)]
+    # Like-for-like (the median prompt's number of distinct input-embedding points) and dense.
+    prompt_sizes = [n for summary in delta["input_embeddings"].values() for n in summary["n_points"]]
+    reference_sizes = sorted({max(4, int(np.median(prompt_sizes))), config.reference_points})
+    references = [
+        r.to_dict()
+        for size in tqdm(reference_sizes, desc="reference spaces", disable=not config.progress)
+        for r in calibrate(size, config.reference_samples, config.seed, gaussian_dim=int(embeddings.shape[1]))
+    ]
     steps.update()
 
     hierarchy = {
@@ -255,7 +273,14 @@ def run_analysis(config: AnalysisConfig) -> dict:
         "hierarchy": hierarchy,
         "figures": dict(FIGURES),
     }
+    steps.update()
+    steps.close()
+    return results
 
+
+def _write_outputs(results: dict, output_dir: Path) -> None:
+    frequency, frequency_vs_norm = results["frequency"], results["frequency_vs_norm"]
+    delta, references, hierarchy = results["delta"], results["references"], results["hierarchy"]
     output_dir.mkdir(parents=True, exist_ok=True)
     plots.plot_rank_frequency(frequency, output_dir / FIGURES["rank_frequency"])
     plots.plot_frequency_distribution(frequency, output_dir / FIGURES["frequency_distribution"])
@@ -264,6 +289,3 @@ def run_analysis(config: AnalysisConfig) -> dict:
     plots.plot_hierarchy(hierarchy, output_dir / FIGURES["hierarchy"])
     write_json_atomically(results, output_dir / JSON_NAME)
     write_text_atomically(markdown_report(results), output_dir / REPORT_NAME)
-    steps.update()
-    steps.close()
-    return results

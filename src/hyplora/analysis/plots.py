@@ -98,8 +98,12 @@ def plot_delta(delta_section: dict, references: list[dict], path: Path) -> None:
     if values:
         ax.boxplot(values, showfliers=False)
         ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=7, rotation=30)
-    for i, ref in enumerate(references):
-        ax.axhline(ref["mean"], ls="--", lw=1, color=f"C{i + 1}", label=f"{ref['space']}: {ref['mean']:.3f}")
+    sizes = sorted({ref["n_points"] for ref in references})
+    spaces = list(dict.fromkeys(ref["space"] for ref in references))
+    for ref in references:
+        style = ":" if len(sizes) > 1 and ref["n_points"] == sizes[0] else "--"
+        ax.axhline(ref["mean"], ls=style, lw=1, color=f"C{spaces.index(ref['space']) + 1}",
+                   label=f"{ref['space']} ({ref['n_points']} points): {ref['mean']:.3f}")
     ax.set_ylim(-0.02, 1.05)
     ax.set_ylabel("relative δ = 2δ / diam per prompt")
     ax.set_title("δ-hyperbolicity of prompts (lower = more tree-like)")

@@ -7,11 +7,16 @@
   in hops; exactly 0, as for every tree metric.
 * ``random_graph``: an Erdős–Rényi graph G(n, p), p = 2 ln(n) / n, largest connected component, hop distance.
 * ``gaussian``: i.i.d. standard normal points in R^dim under Euclidean distance, an unstructured cloud like
-  a random embedding matrix.
+  a random embedding matrix (dim = the model's embedding size in `hyplora analyze`).
+
+δ_rel of a finite sample grows with the number of points (more quadruples to choose from), so compare a
+prompt's value with references of about the prompt's size; `hyplora analyze` calibrates at the median
+prompt size and at a dense size.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -91,20 +96,21 @@ _DESCRIPTIONS = {
     "sphere": "uniform points on S^2, great-circle distance",
     "tree": "random recursive tree, hop distance",
     "random_graph": "Erdos-Renyi G(n, 2 ln n / n), largest component, hop distance",
-    "gaussian": "standard normal points in R^64, Euclidean distance",
+    "gaussian": "standard normal points in R^{dim}, Euclidean distance",
 }
 
 
 def calibrate(n_points: int = 200, n_samples: int = 5, seed: int = 0,
-              spaces: tuple[str, ...] = tuple(REFERENCE_SPACES)) -> list[ReferenceCalibration]:
+              spaces: tuple[str, ...] = tuple(REFERENCE_SPACES), gaussian_dim: int = 64) -> list[ReferenceCalibration]:
     """δ_rel of ``n_samples`` random instances of each reference space, computed exactly in float64."""
     rng = np.random.default_rng(seed)
     results = []
     for space in spaces:
+        make = functools.partial(gaussian_distances, dim=gaussian_dim) if space == "gaussian" else REFERENCE_SPACES[space]
         values = []
         for _ in range(n_samples):
-            distances = REFERENCE_SPACES[space](n_points, rng)
+            distances = make(n_points, rng)
             values.append(delta_hyperbolicity(distances, dtype=torch.float64).relative_delta)
         results.append(ReferenceCalibration(space, n_points, tuple(values), float(np.mean(values)),
-                                            float(np.std(values)), _DESCRIPTIONS[space]))
+                                            float(np.std(values)), _DESCRIPTIONS[space].format(dim=gaussian_dim)))
     return results

@@ -42,8 +42,12 @@ def register(subparsers) -> None:
     parser.add_argument("--no-hidden-states", action="store_true",
                         help="skip δ of the final hidden states (no forward passes)")
     parser.add_argument("--reference-points", type=_positive_int, default=200,
-                        help="points per reference space sample (default: 200)")
+                        help="points of the dense reference-space samples (default: 200); references are also "
+                             "computed at the median prompt size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reference spaces (default: 0)")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="torch threads for the forward passes (default: 1, robust on shared machines; "
+                             "δ itself always runs on one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -54,7 +58,7 @@ def run(args) -> int:
     config = AnalysisConfig(
         output_dir=args.output_dir, model=args.model, datasets=args.datasets, data_dir=args.data_dir,
         adapter=args.adapter, max_prompts=args.max_prompts, hidden_states=not args.no_hidden_states,
-        reference_points=args.reference_points, seed=args.seed, progress=not args.quiet,
+        reference_points=args.reference_points, seed=args.seed, progress=not args.quiet, threads=args.threads,
     )
     run_analysis(config)
     print(f"wrote {args.output_dir}/{REPORT_NAME}, {JSON_NAME} and figures")
