@@ -13,7 +13,7 @@ import sys
 from ..errors import HypLoraUserError
 
 # Modules under hyplora.cli that provide subcommands, in the order `--help` lists them.
-COMMAND_MODULES = ["demo", "analyze", "eval", "compare"]
+COMMAND_MODULES = ["demo", "analyze", "train", "eval", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
