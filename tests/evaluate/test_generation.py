@@ -132,3 +132,24 @@ def test_batched_equals_unbatched_smollm2(smollm2, smollm2_tokenizer):
     batched = generate(smollm2, smollm2_tokenizer, prompts, max_new_tokens=16, batch_size=4)
     assert batched == _unbatched(smollm2, smollm2_tokenizer, prompts, max_new_tokens=16)
     assert any(text.strip() for text in batched)
+
+
+def test_out_of_memory_lowers_the_batch_size(tiny_pair, monkeypatch):
+    from hyplora.evaluate import generation as gen
+
+    model, tokenizer = tiny_pair
+    expected = generate(model, tokenizer, PROMPTS, max_new_tokens=3, batch_size=1)
+    real = gen._generate_batch
+    sizes = []
+
+    def limited(model, tokenizer, config, eos_ids, device, chunk, encoded):
+        sizes.append(len(chunk))
+        if len(chunk) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, tokenizer, config, eos_ids, device, chunk, encoded)
+
+    monkeypatch.setattr(gen, "_generate_batch", limited)
+    with pytest.warns(UserWarning, match="batch size lowered to 2"):
+        texts = generate(model, tokenizer, PROMPTS, max_new_tokens=3, batch_size=8)
+    assert texts == expected
+    assert sizes == [5, 4, 2, 2, 1]  # 8 (5 prompts) -> 4 -> 2, then stays at 2

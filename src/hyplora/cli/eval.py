@@ -41,7 +41,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int,
                         help="new-token limit for every task (default: 256 arithmetic, 32 commonsense)")
     parser.add_argument("--num-beams", type=int, default=1, help="1: greedy decoding; more: beam search")
-    parser.add_argument("--batch-size", type=int, default=64,
+    parser.add_argument("--batch-size", type=int, default=256,
                         help="prompts per generate call (halved automatically on CUDA out-of-memory)")
     parser.add_argument("--template", default="alpaca", choices=["alpaca", "chat"],
                         help="prompt template; use the one the adapter was trained with")

@@ -2,12 +2,14 @@
 
 Greedy decoding by default (beam search with ``num_beams > 1``). Each sequence stops at EOS (the tokenizer's
 and the model generation config's end tokens); the returned text is the decoded new tokens only, up to the
-first EOS. On a CUDA out-of-memory error the batch is split in half and retried.
+first EOS. On a CUDA out-of-memory error the batch size is halved (for the rest of the run) and the batch
+retried.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -98,10 +100,20 @@ def iter_generate(
     was_training = model.training
     model.eval()
     try:
-        start = 0
+        start, size = 0, batch_size
         while start < len(order):
-            chunk = order[start : start + batch_size]
-            results = _generate_chunk(model, tokenizer, config, eos_ids, device, chunk, encoded)
+            chunk = order[start : start + size]
+            try:
+                results = _generate_batch(model, tokenizer, config, eos_ids, device, chunk, encoded)
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise
+                results = None  # leave the except block first so the failed batch's tensors can be freed
+            if results is None:
+                size = max(1, size // 2)
+                torch.cuda.empty_cache()
+                warnings.warn(f"out of GPU memory: batch size lowered to {size} for the rest of this run")
+                continue
             start += len(chunk)
             if update is not None:
                 update(len(chunk))
@@ -111,19 +123,6 @@ def iter_generate(
             bar.close()
         if was_training:
             model.train()
-
-
-def _generate_chunk(model, tokenizer, config, eos_ids, device, chunk, encoded) -> list[Generated]:
-    try:
-        return _generate_batch(model, tokenizer, config, eos_ids, device, chunk, encoded)
-    except torch.OutOfMemoryError:
-        if len(chunk) == 1:
-            raise
-        torch.cuda.empty_cache()
-        half = len(chunk) // 2
-        return _generate_chunk(model, tokenizer, config, eos_ids, device, chunk[:half], encoded) + _generate_chunk(
-            model, tokenizer, config, eos_ids, device, chunk[half:], encoded
-        )
 
 
 def _generate_batch(model, tokenizer, config, eos_ids, device, chunk, encoded) -> list[Generated]:

@@ -56,7 +56,7 @@ class EvalSettings:
     protocol: str = DEFAULT_PROTOCOL
     max_new_tokens: int | None = None  # None: 256 for arithmetic, 32 for commonsense
     num_beams: int = 1
-    batch_size: int = 64
+    batch_size: int = 256
     template: str = "alpaca"
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
     device: str | None = None  # None: cuda if available, else cpu
