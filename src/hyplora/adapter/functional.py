@@ -13,10 +13,13 @@ Every branch runs in float32 at least and returns that dtype; the caller casts b
     y_s = B A p_s;  y = (sqrt(K + |y_s|^2), y_s)             (time coordinate recomputed)
     branch = scaling * log_o(y)_s = scaling * asinhc(|y_s| / sqrt(K)) * y_s
 
-which is ``BAu`` times two per-token scalars, the form computed here:
+which is ``BAu`` times two per-token scalars, the form computed by the fast path:
 
     branch = scaling * g2 * g1 * B A u,   g1 = sinhc(min(th, th_max)) * min(th, th_max) / th,
                                           g2 = asinhc(g1 |BAu| / sqrt(K))
+
+with ``|BAu| = sqrt(a^T (B^T B) a)``, ``a = A u``, and a written-out backward (`_GatedLowRank`). The
+``*_literal`` functions compute the same branches step by step on the manifold; tests hold the two together.
 
 "stereographic": the Poincare-ball chart of ``L_K`` instead of exp/log maps. The input, read as a point of the
 ball of radius sqrt(K) (its norm capped at ``sqrt(K) tanh(th_max / 2)``, i.e. geodesic radius ``th_max sqrt(K)``),
