@@ -154,3 +154,39 @@ def test_compare_missing_summary_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(tmp_path / "empty"), "--plot", str(tmp_path / "p.png")]) == 2
     assert "no evaluation summary" in capsys.readouterr().err
+
+
+def test_adapter_of_a_training_run_brings_model_template_and_seed(tiny_model_dir, small_data, tmp_path, lora_dir,
+                                                                  capsys):
+    import shutil
+
+    run = tmp_path / "lora-math-seed7"
+    shutil.copytree(lora_dir, run / "adapter")
+    (run / "config.json").write_text(json.dumps({"model": str(tiny_model_dir), "method": "lora", "template": "chat",
+                                                 "seed": 7, "rank": 4}))
+    out = tmp_path / "run"
+    args = ["eval", "--adapter", str(run / "adapter"), "--tasks", "boolq", "--data-dir", str(small_data),
+            "--output-dir", str(out), "--max-new-tokens", "2", "--limit", "2", "--no-progress"]
+    assert main(args) == 0  # no --model: the training run's
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == str(tiny_model_dir)
+    assert summary["template"] == "chat" and summary["seed"] == 7
+    assert summary["label"] == f"{tiny_model_dir} + lora lora-math"
+    first = json.loads((out / "boolq.jsonl").read_text().splitlines()[0])
+    assert first["prompt"].startswith("<|im_start|>")  # SmolLM2's chat template
+    # an explicit, different template is allowed but warned about (and is a different run: new directory)
+    args[args.index("--output-dir") + 1] = str(tmp_path / "run2")
+    assert main(args + ["--template", "alpaca"]) == 0
+    assert "differs from the adapter's training run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_eval_embedded_gguf_model(smollm2_name, small_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--model", smollm2_name, "--tasks", "gsm8k,boolq", "--data-dir", str(small_data),
+            "--output-dir", str(out), "--max-new-tokens", "8", "--limit", "2", "--no-progress"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "smollm2-135m" and summary["tasks"]["boolq"]["n"] == 2
+    outputs = [json.loads(line)["output"] for line in (out / "gsm8k.jsonl").read_text().splitlines()]
+    assert len(outputs) == 2 and any(o.strip() for o in outputs)

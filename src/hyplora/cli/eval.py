@@ -21,7 +21,8 @@ def register(subparsers) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, .gguf file, directory or hub id")
+    parser.add_argument("--model", help="model name, .gguf file, directory or hub id (default: the model the adapter "
+                                        f"was trained on, per its `hyplora train` run; else {DEFAULT_MODEL})")
     parser.add_argument("--adapter", help="adapter directory (HypLoRA, LoRA or DoRA) to attach to the model")
     parser.add_argument(
         "--tasks", required=True,
@@ -43,8 +44,9 @@ def register(subparsers) -> None:
     parser.add_argument("--num-beams", type=int, default=1, help="1: greedy decoding; more: beam search")
     parser.add_argument("--batch-size", type=int, default=256,
                         help="prompts per generate call (halved automatically on CUDA out-of-memory)")
-    parser.add_argument("--template", default="alpaca", choices=["alpaca", "chat"],
-                        help="prompt template; use the one the adapter was trained with")
+    parser.add_argument("--template", choices=["alpaca", "chat"],
+                        help="prompt template (default: the one the adapter was trained with, per its "
+                             "`hyplora train` run; else alpaca)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "float64"],
                         help="model weights dtype (auto: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -70,13 +72,29 @@ def parse_task_files(values: list[str]) -> dict[str, str]:
 
 
 def run(args) -> int:
-    from ..data import resolve_tasks
-    from ..evaluate.runner import EvalSettings, run_evaluation
+    import sys
 
+    from ..data import resolve_tasks
+    from ..evaluate.runner import EvalSettings, read_adapter_info, read_training_config, run_evaluation
+
+    tasks = resolve_tasks(args.tasks)
+    training = None
+    if args.adapter:
+        read_adapter_info(args.adapter)  # a clear error for a missing or broken adapter directory
+        training = read_training_config(args.adapter)
+    model, template = args.model, args.template
+    if training:
+        for option, given, trained in (("--model", model, training.get("model")),
+                                       ("--template", template, training.get("template"))):
+            if given and trained and given != trained:
+                print(f"hyplora eval: warning: {option} {given!r} differs from the adapter's training run "
+                      f"({trained!r})", file=sys.stderr)
+        model = model or training.get("model")
+        template = template or training.get("template")
     settings = EvalSettings(
-        model=args.model,
+        model=model or DEFAULT_MODEL,
         adapter=args.adapter,
-        tasks=resolve_tasks(args.tasks),
+        tasks=tasks,
         output_dir=args.output_dir,
         data_dir=args.data_dir,
         task_files=parse_task_files(args.task_file),
@@ -84,7 +102,7 @@ def run(args) -> int:
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         batch_size=args.batch_size,
-        template=args.template,
+        template=template or "alpaca",
         dtype=args.dtype,
         device=args.device,
         limit=args.limit,

@@ -71,12 +71,14 @@ def iter_generate(
     num_beams: int = 1,
     batch_size: int = 64,
     progress: bool | Callable = False,
+    add_special_tokens: bool = True,
 ) -> Iterator[list[Generated]]:
     """Generate for every prompt; yield each finished batch (a list of `Generated`) as soon as it is done.
 
     Prompts are sorted by token length, longest first, so each batch holds prompts of similar length (little
     padding) and a batch that does not fit in memory shows up at the start. ``progress``: True for a tqdm
-    bar, or a callable taking the number of prompts finished by each batch.
+    bar, or a callable taking the number of prompts finished by each batch. ``add_special_tokens``: as in
+    training (False for chat-template prompts, which already hold their special tokens).
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
@@ -87,7 +89,7 @@ def iter_generate(
     eos_ids = eos_token_ids(model, tokenizer)
     config = _generation_config(model, tokenizer, eos_ids, max_new_tokens, num_beams)
     device = _input_device(model)
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
 
     bar = None

@@ -194,8 +194,28 @@ def read_adapter_info(adapter_dir: str | os.PathLike) -> dict:
     }
     if "variant" in config:
         info["variant"] = config["variant"]
-    info["seed"] = _recorded_seed(path)
+    training = read_training_config(path)
+    info["seed"] = training.get("seed") if training and isinstance(training.get("seed"), int) else _recorded_seed(path)
+    if training:
+        info["training"] = {k: training.get(k) for k in ("model", "method", "template", "data", "rank", "lora_alpha",
+                                                         "variant", "seed", "learning_rate", "num_epochs")}
+        info["training_run"] = str(path.parent) if (path.parent / "config.json").is_file() else None
     return info
+
+
+def read_training_config(adapter_dir: str | os.PathLike) -> dict | None:
+    """The `hyplora train` config of a run whose adapter this is (``RUN/config.json`` for ``RUN/adapter``)."""
+    path = Path(adapter_dir).expanduser().resolve()
+    for candidate in (path.parent / "config.json", path / "training_config.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            data = json.loads(candidate.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "method" in data and "template" in data and "model" in data:
+            return data
+    return None
 
 
 def _recorded_seed(path: Path) -> int | None:
@@ -402,6 +422,7 @@ def run_evaluation(settings: EvalSettings, model=None, tokenizer=None, *, log=pr
                 model, tokenizer, [task.prompts[i] for i in remaining],
                 max_new_tokens=task.max_new_tokens, num_beams=settings.num_beams,
                 batch_size=settings.batch_size, progress=settings.progress,
+                add_special_tokens=settings.template != "chat",  # as training tokenizes prompts
             )
             for batch in batches:
                 for item in batch:
@@ -535,7 +556,8 @@ def group_averages(task_stats: dict[str, dict]) -> dict:
 def default_label(settings: EvalSettings, adapter_info: dict | None) -> str:
     if not adapter_info:
         return settings.model
-    name = Path(adapter_info["path"]).name
+    path = Path(adapter_info["path"])
+    name = path.parent.name if adapter_info.get("training_run") and path.name == "adapter" else path.name
     name = re.sub(r"[-_.]?(?:seed|s)[-_]?\d+$", "", name) or name  # seeds of one configuration share a label
     return f"{settings.model} + {adapter_info['type'].lower()} {name}"
 
