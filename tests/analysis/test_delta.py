@@ -152,3 +152,11 @@ def test_small_sets_and_bad_input():
         gromov_delta(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="NaN"):
         gromov_delta(torch.full((4, 4), float("nan")))
+
+
+def test_thread_setting_is_restored():
+    before = torch.get_num_threads()
+    distances = pairwise_distances(torch.randn(10, 3, generator=torch.Generator().manual_seed(0)))
+    single = gromov_delta(distances, threads=1)
+    assert torch.get_num_threads() == before
+    assert gromov_delta(distances, threads=None) == single

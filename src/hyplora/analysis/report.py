@@ -136,6 +136,10 @@ def markdown_report(results: dict) -> str:
         lines.append(f"| {ref['space']} ({ref['description']}) | {ref['n_points']} | {_fmt(ref['mean'])} ± {_fmt(ref['std'])} |")
     lines += [
         "",
+        "δ_rel grows with the number of points, so compare prompts with the references of about their size. "
+        "Random Gaussian points in high dimension are nearly equidistant, which also reads as tree-like "
+        "(low δ_rel): a low value for token embeddings means more when it is below the Gaussian reference.",
+        "",
         "## Figures",
         "",
     ]
