@@ -120,7 +120,9 @@ def plot_hierarchy(hierarchy: dict, path: Path) -> None:
     ax = fig.add_subplot(1, 2, 1)
     polar = fig.add_subplot(1, 2, 2, projection="polar")
     groups = hierarchy["groups"]
-    max_norm = max((e["norm"] for g in groups for e in g["entries"] if e["norm"] is not None), default=1.0)
+    shown_norms = [e["norm"] for g in groups for e in g["entries"] if e["norm"] is not None]
+    low, high = (min(shown_norms), max(shown_norms)) if shown_norms else (0.0, 1.0)
+    span = (high - low) or 1.0
     n_groups = len(groups)
     for gi, group in enumerate(groups):
         entries = [e for e in group["entries"] if e["norm"] is not None]
@@ -133,7 +135,9 @@ def plot_hierarchy(hierarchy: dict, path: Path) -> None:
             ax.annotate(e["word"], (e["frequency"], e["norm"]), fontsize=7, xytext=(2, 2), textcoords="offset points")
         sector = 2 * np.pi / n_groups
         angles = gi * sector + (np.arange(len(entries)) + 0.5) * sector / len(entries)
-        radii = [e["norm"] / max_norm for e in entries]
+        # Norms of real embeddings span a narrow band far from 0; rescale that band to [0.1, 1] so the
+        # ordering is visible (the left panel keeps the true values).
+        radii = [0.1 + 0.9 * (e["norm"] - low) / span for e in entries]
         polar.scatter(angles, radii, color=color, s=18, label=group["name"])
         for angle, radius, e in zip(angles, radii, entries):
             polar.annotate(e["word"], (angle, radius), fontsize=7)
@@ -145,5 +149,7 @@ def plot_hierarchy(hierarchy: dict, path: Path) -> None:
     ax.grid(True, which="major", alpha=0.3)
     polar.set_rlim(0, 1.05)
     polar.set_xticklabels([])
-    polar.set_title("Radius = norm / max norm, one sector per group")
+    polar.set_yticklabels([])
+    polar.set_title(f"Radius: norm rescaled from [{low:.2f}, {high:.2f}] to [0.1, 1]; one sector per group",
+                    fontsize=9)
     _save(fig, path)
