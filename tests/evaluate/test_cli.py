@@ -190,3 +190,12 @@ def test_eval_embedded_gguf_model(smollm2_name, small_data, tmp_path):
     assert summary["model"] == "smollm2-135m" and summary["tasks"]["boolq"]["n"] == 2
     outputs = [json.loads(line)["output"] for line in (out / "gsm8k.jsonl").read_text().splitlines()]
     assert len(outputs) == 2 and any(o.strip() for o in outputs)
+
+
+def test_compare_counts_a_run_given_twice_once(tmp_path, capsys):
+    run = _fake_summary(tmp_path / "a", "x", 1, {"gsm8k": 0.3})
+    assert main(["compare", str(run), str(run / "summary.json"), "--plot", str(tmp_path / "p.png")]) == 0
+    captured = capsys.readouterr()
+    assert "given twice" in captured.err
+    row = next(line for line in captured.out.splitlines() if line.startswith("| x"))
+    assert "| 1 (seeds 1) |" in row and "±" not in row

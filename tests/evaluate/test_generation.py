@@ -153,3 +153,11 @@ def test_out_of_memory_lowers_the_batch_size(tiny_pair, monkeypatch):
         texts = generate(model, tokenizer, PROMPTS, max_new_tokens=3, batch_size=8)
     assert texts == expected
     assert sizes == [5, 4, 2, 2, 1]  # 8 (5 prompts) -> 4 -> 2, then stays at 2
+
+
+def test_beam_search_batched_equals_unbatched(tiny_pair):
+    model, tokenizer = tiny_pair
+    model = copy.deepcopy(model).double()
+    batched = generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=8, num_beams=3)
+    assert batched == _unbatched(model, tokenizer, PROMPTS, max_new_tokens=6, num_beams=3)
+    assert batched != generate(model, tokenizer, PROMPTS, max_new_tokens=6, batch_size=8)  # beams do change it

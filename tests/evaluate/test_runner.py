@@ -64,6 +64,7 @@ def test_writes_records_summary_and_table(tmp_path, small_data, tiny_pair):
     for key in ("model", "adapter", "seed", "generation", "versions", "protocol", "device", "groups"):
         assert key in on_disk
     assert on_disk["generation"]["max_new_tokens"] == {"gsm8k": 6, "boolq": 6}
+    assert on_disk["generation"]["dtype"] == "float32" and on_disk["generation"]["decoding"] == "greedy"
     assert (out / "results.md").read_text().count("| gsm8k |") == 1
     assert not list(out.glob(".*.tmp"))
 

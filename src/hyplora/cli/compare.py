@@ -27,7 +27,18 @@ def run(args) -> int:
     from ..evaluate.compare import bar_chart, compare_table, group_runs, load_summary
     from ..evaluate.runner import atomic_write_text
 
-    summaries = [load_summary(path) for path in args.runs]
+    import os
+    import sys
+
+    summaries, seen = [], set()
+    for path in args.runs:
+        summary = load_summary(path)
+        key = os.path.realpath(summary["_path"])
+        if key in seen:
+            print(f"hyplora compare: warning: {path} given twice; counted once", file=sys.stderr)
+            continue
+        seen.add(key)
+        summaries.append(summary)
     rows = group_runs(summaries, group=not args.no_group)
     table = compare_table(rows)
     print(table)

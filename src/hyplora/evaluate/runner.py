@@ -553,6 +553,13 @@ def group_averages(task_stats: dict[str, dict]) -> dict:
     return out
 
 
+def _model_dtype(model) -> str | None:
+    try:
+        return str(next(model.parameters()).dtype).replace("torch.", "")
+    except (AttributeError, StopIteration, TypeError):
+        return None
+
+
 def default_label(settings: EvalSettings, adapter_info: dict | None) -> str:
     if not adapter_info:
         return settings.model
@@ -579,7 +586,7 @@ def build_summary(settings, tasks, results, adapter_info, model, timings) -> dic
             "decoding": "greedy" if settings.num_beams == 1 else "beam search",
             "do_sample": False, "num_beams": settings.num_beams,
             "max_new_tokens": {t.name: t.max_new_tokens for t in tasks},
-            "batch_size": settings.batch_size, "dtype": settings.dtype,
+            "batch_size": settings.batch_size, "dtype": _model_dtype(model) or settings.dtype,
             "padding": "left, with attention mask", "stop": "EOS",
         },
         "limit": settings.limit,
