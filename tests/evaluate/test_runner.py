@@ -90,9 +90,10 @@ def test_resume_generates_only_missing_examples(tmp_path, small_data, tiny_pair,
     assert {r["id"]: r["output"] for r in after} == {k: r["output"] for k, r in first.items()}
     assert summary["tasks"]["gsm8k"]["n"] == 6 and summary["complete"]
 
-    # a complete run is not generated again
-    run_evaluation(settings(tmp_path, small_data), model, tokenizer, log=lambda *a: None)
+    # a complete run is not generated again, not even loaded: the device that generated stays on record
+    summary = run_evaluation(settings(tmp_path, small_data), None, None, log=lambda *a: None)
     assert len(spy) == 2
+    assert summary["device"].endswith("(CPU, %d threads)" % __import__("os").cpu_count())
 
 
 def test_interrupted_run_keeps_finished_batches(tmp_path, small_data, tiny_pair, monkeypatch):

@@ -358,13 +358,19 @@ def _check_resume(output_dir: Path, identity: dict) -> None:
         )
 
 
-def _write_run_file(output_dir: Path, identity: dict) -> None:
+def _write_run_file(output_dir: Path, identity: dict, device: str | None) -> list[str]:
+    """Record the identity (merged with tasks run before) and the devices that generated; return those."""
     path = output_dir / RUN_NAME
-    merged = dict(identity)
+    merged, devices = dict(identity), []
     if path.is_file():  # keep max_new_tokens of tasks run before
-        old = json.loads(path.read_text(encoding="utf-8")).get("identity", {}).get("max_new_tokens", {})
-        merged["max_new_tokens"] = {**old, **identity["max_new_tokens"]}
-    atomic_write_text(path, json.dumps({"identity": merged}, indent=2) + "\n")
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        merged["max_new_tokens"] = {**previous.get("identity", {}).get("max_new_tokens", {}),
+                                    **identity["max_new_tokens"]}
+        devices = list(previous.get("devices", []))
+    if device and device not in devices:
+        devices.append(device)
+    atomic_write_text(path, json.dumps({"identity": merged, "devices": devices}, indent=2) + "\n")
+    return devices
 
 
 def run_evaluation(settings: EvalSettings, model=None, tokenizer=None, *, log=print) -> dict:
@@ -403,7 +409,7 @@ def run_evaluation(settings: EvalSettings, model=None, tokenizer=None, *, log=pr
         raise ValueError("run_evaluation: a tokenizer must be given along with a model")
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_file(output_dir, identity)
+    devices = _write_run_file(output_dir, identity, device_name(model) if any(todo.values()) else None)
     torch.manual_seed(settings.seed or 0)
     timings = {}
     for task in tasks:
@@ -444,6 +450,7 @@ def run_evaluation(settings: EvalSettings, model=None, tokenizer=None, *, log=pr
 
     results = {task.name: read_results(output_dir / f"{task.name}.jsonl") for task in tasks}
     summary = build_summary(settings, tasks, results, adapter_info, model, timings)
+    summary["device"] = " + ".join(devices) if devices else summary["device"]
     atomic_write_text(output_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     from .report import summary_table
 
