@@ -76,3 +76,9 @@ def test_resume_errors(small_run, tmp_path):
     shutil.rmtree(out / "checkpoints")
     with pytest.raises(HypLoraUserError, match="nothing to resume"):
         _train({**small_run, "max_steps": 2, "output_dir": str(out)}, resume=True)
+    # a run that failed before its first checkpoint (only config.json and data_stats.json) may be started again
+    failed = tmp_path / "failed"
+    with pytest.raises(HypLoraUserError, match="not found in the model"):
+        _train({**small_run, "target_modules": ["nope"], "output_dir": str(failed)})
+    assert (failed / "config.json").is_file()
+    assert _train({**small_run, "max_steps": 1, "output_dir": str(failed)}).global_step == 1

@@ -41,6 +41,7 @@ def test_output_directory_contents(small_run):
     assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     adapter = out / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((adapter / "training_config.json").read_text())["method"] == "hyplora"
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "HYPLORA"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_step"] == 8 and summary["final_loss"] == log[-1]["loss"]

@@ -277,9 +277,11 @@ class ListDataset:
 
 # ---------------------------------------------------------------------------------------------- main entry
 def _check_output_dir(output_dir: Path, resume: bool) -> None:
+    """Refuse to start over a run that got somewhere (a checkpoint, an adapter or a summary); a directory
+    left by a run that failed before its first checkpoint is reused."""
     if resume:
         return
-    if (output_dir / CONFIG_NAME).exists() or (output_dir / CHECKPOINT_DIR).exists():
+    if last_checkpoint(output_dir) is not None or (output_dir / ADAPTER_DIR).exists() or (output_dir / SUMMARY_NAME).exists():
         raise HypLoraUserError(
             f"{output_dir} already holds a training run; pass --resume to continue it, or choose another --output-dir"
         )
@@ -350,13 +352,13 @@ def train(
         )
 
     log_path, plot_path = output_dir / LOG_NAME, output_dir / PLOT_NAME
+    saved_config = {**config.to_dict(), "versions": _versions(), "effective_batch_size": config.effective_batch_size}
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         staging = output_dir / CHECKPOINT_DIR / STAGING_DIR
         if staging.exists():
             shutil.rmtree(staging)  # left by a crash during a checkpoint save
-        saved = {**config.to_dict(), "versions": _versions(), "effective_batch_size": config.effective_batch_size}
-        write_json_atomic(output_dir / CONFIG_NAME, saved)
+        write_json_atomic(output_dir / CONFIG_NAME, saved_config)
         write_json_atomic(output_dir / DATA_STATS_NAME, stats)
         if checkpoint is not None:
             state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
@@ -424,6 +426,8 @@ def train(
         if tmp_adapter.exists():
             shutil.rmtree(tmp_adapter)
         peft_model.save_pretrained(str(tmp_adapter))
+        # the run's settings travel with the adapter (evaluation reads model, template and seed from them)
+        write_json_atomic(tmp_adapter / "training_config.json", saved_config)
         if adapter_dir.exists():
             shutil.rmtree(adapter_dir)
         os.replace(tmp_adapter, adapter_dir)
