@@ -135,8 +135,15 @@ def run(args) -> int:
                 base.pop(key, None)
             overrides.pop("recipe", None)  # the saved config already includes the recipe's values
     config = resolve_config(overrides, base=base)
-    print(f"hyplora train: {config.method} on {config.data!r} with {config.model} -> {config.output_dir}")
-    result = train(config, resume=args.resume, disable_tqdm=True if args.no_progress else None)
+    from ..training.trainer import _is_main_process
+
+    main = _is_main_process()  # under accelerate launch / torchrun, only rank 0 reports
+    if main:
+        print(f"hyplora train: {config.method} on {config.data!r} with {config.model} -> {config.output_dir}")
+    result = train(config, resume=args.resume, disable_tqdm=True if args.no_progress else None,
+                   log=print if main else (lambda *_: None))
+    if not main:
+        return 0
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
     print(f"finished {result.global_step} steps in {result.runtime_s:.0f} s, final loss {loss}")
     print(f"adapter: {result.adapter_dir}")

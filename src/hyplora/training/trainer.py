@@ -51,6 +51,10 @@ class TrainResult:
 
 
 def _is_main_process() -> bool:
+    """Rank 0 of a distributed launch (torchrun / accelerate launch set RANK), or the only process."""
+    rank = os.environ.get("RANK")
+    if rank is not None and rank.strip().isdigit():
+        return int(rank) == 0
     try:
         from accelerate import PartialState
 
@@ -254,10 +258,18 @@ def plot_loss_curve(log_path: str | os.PathLike, plot_path: str | os.PathLike, t
     axes[-1][0].set_xlabel("step")
     fig.tight_layout()
     plot_path = Path(plot_path)
-    tmp = plot_path.with_name(f".{plot_path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, plot_path)
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{plot_path.stem}.", suffix=".png", dir=plot_path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, plot_path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return plot_path
 
 
