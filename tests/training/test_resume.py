@@ -82,3 +82,48 @@ def test_resume_errors(small_run, tmp_path):
         _train({**small_run, "target_modules": ["nope"], "output_dir": str(failed)})
     assert (failed / "config.json").is_file()
     assert _train({**small_run, "max_steps": 1, "output_dir": str(failed)}).global_step == 1
+
+
+def test_sigkill_mid_run_then_resume(small_run, tmp_path):
+    """A real crash: the CLI process is SIGKILLed after its first checkpoint, then resumed with --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = {**small_run, "max_steps": 40, "save_steps": 10}
+    full = _train({**run, "output_dir": str(tmp_path / "full")})
+
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "hyplora", "train", "--model", run["model"], "--data", "builtin",
+           "--builtin-size", "40", "--max-train-samples", "16", "--no-dedup", "--cutoff-len", "128",
+           "--method", "lora", "--rank", "4", "--alpha", "8", "--dropout", "0.05", "--lr", "0.01",
+           "--batch-size", "4", "--grad-accum", "1", "--warmup-steps", "0", "--max-steps", "40",
+           "--save-steps", "10", "--save-total-limit", "3", "--seed", "7", "--output-dir", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None and last_checkpoint(out) is None:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed mid-way")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = last_checkpoint(out)
+    assert killed_at is not None and int(killed_at.name.split("-")[1]) < 40
+    assert not (out / "summary.json").exists()
+
+    done = subprocess.run([sys.executable, "-m", "hyplora", "train", "--output-dir", str(out), "--resume",
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    full_log, resumed_log = read_log(full.log_path), read_log(out / "train_log.jsonl")
+    assert [e["step"] for e in resumed_log] == list(range(1, 41))
+    assert resumed_log[-1]["loss"] == pytest.approx(full_log[-1]["loss"], rel=1e-5)
+    wa = load_file(str(full.adapter_dir / "adapter_model.safetensors"))
+    wb = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    for key in wa:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-5, atol=1e-6)
