@@ -79,3 +79,19 @@ def test_seed_makes_runs_identical(small_run, tmp_path):
     a = _run({**small_run, "max_steps": 3, "output_dir": str(tmp_path / "a")})
     b = _run({**small_run, "max_steps": 3, "output_dir": str(tmp_path / "b")})
     assert [e["loss"] for e in read_log(a.log_path)] == [e["loss"] for e in read_log(b.log_path)]
+
+
+def test_bf16_and_gradient_checkpointing_on_cpu(small_run):
+    result = _run({**small_run, "method": "hyplora", "precision": "bf16", "gradient_checkpointing": True,
+                   "max_steps": 2})
+    log = read_log(result.log_path)
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(e["loss"])) for e in log)
+
+
+def test_fp16_without_gpu_is_a_user_error(small_run):
+    from hyplora.errors import HypLoraUserError
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(HypLoraUserError, match="fp16 needs a GPU"):
+        _run({**small_run, "precision": "fp16"})

@@ -378,13 +378,21 @@ def train(
         elif log_path.exists():
             log_path.unlink()
 
+    has_accelerator = torch.cuda.is_available() or bool(getattr(torch, "xpu", None) and torch.xpu.is_available())
+    if not has_accelerator and getattr(torch.backends, "mps", None) is not None:
+        has_accelerator = torch.backends.mps.is_available()
+    if config.precision == "fp16" and not has_accelerator:
+        raise HypLoraUserError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
     if model is None:
         model = load_model(config.model, dtype=dtype, trust_remote_code=config.trust_remote_code)
     _unmark_dequantized_gguf(model)
     if config.gradient_checkpointing:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     peft_model = attach_adapter(model, config)
     if main:
@@ -402,6 +410,7 @@ def train(
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm,
+        use_cpu=not has_accelerator,
         bf16=config.precision == "bf16",
         fp16=config.precision == "fp16",
         logging_strategy="steps",
