@@ -233,7 +233,7 @@ def load_training_data(
             if all(name == "builtin" for name, _ in parts):
                 # The synthetic train split is disjoint from its test split by construction.
                 keys = None
-                stats["dedup"] = {"skipped": f"test sets unavailable ({exc}); builtin data only"}
+                stats["dedup"] = {"skipped": "no test sets found (the built-in data is disjoint from its own test split)"}
             else:
                 raise HypLoraUserError(f"cannot deduplicate against the test sets: {exc} (or pass --no-dedup)") from exc
         if keys is not None:

@@ -358,9 +358,12 @@ def train(
         raise HypLoraUserError(f"no training example keeps a response token within cutoff {config.cutoff_len}")
     stats = {**data.stats, "tokenization": tokenized.stats}
     if main:
+        dedup = data.stats.get("dedup", {})
+        dedup_note = (f"{dedup['dropped']} dropped as test-set duplicates" if "dropped" in dedup
+                      else f"deduplication skipped: {dedup.get('skipped', 'n/a')}")
         log(
-            f"training data: {stats['used']} records ({data.stats.get('dedup', {}).get('dropped', 0)} dropped as "
-            f"test-set duplicates), {tokenized.stats['truncated']} truncated to {config.cutoff_len} tokens"
+            f"training data: {stats['used']} records ({dedup_note}), "
+            f"{tokenized.stats['truncated']} truncated to {config.cutoff_len} tokens"
         )
 
     log_path, plot_path = output_dir / LOG_NAME, output_dir / PLOT_NAME
