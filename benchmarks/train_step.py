@@ -13,63 +13,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 
 import torch
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
-
-METHODS = ["lora", "hyplora-lorentz", "hyplora-lorentz-full", "hyplora-stereographic", "hyplora-reference"]
-TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+from _common import (
+    METHODS,
+    TARGETS,
+    adapter_config,
+    device_name,
+    llama_model,
+    synchronize,
+)
 
 
 def build_model(args, device, dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=args.hidden, intermediate_size=args.intermediate, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, vocab_size=args.vocab,
-        max_position_embeddings=max(2048, args.seq),
-    )
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(dtype)
-    return model
-
-
-def adapter_config(method: str, rank: int):
-    import peft
-
-    from hyplora import HypLoraConfig
-
-    if method == "lora":
-        return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
-    variant = method.removeprefix("hyplora-")
-    if variant == "reference":
-        return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
-    return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", variant=variant)
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    shape = {"hidden_size": args.hidden, "intermediate_size": args.intermediate, "num_hidden_layers": args.layers,
+             "num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads, "vocab_size": args.vocab}
+    return llama_model(shape, device, dtype, max_position_embeddings=max(2048, args.seq))
 
 
 def measure(method: str, args, device, dtype) -> dict:

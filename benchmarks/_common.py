@@ -1,0 +1,103 @@
+"""Helpers shared by the benchmark scripts: adapter configurations, model shapes, device and version lines.
+
+The scripts run as ``python benchmarks/<script>.py``, which puts this folder first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+# Adapter methods compared in issue 6, all with the same rank and targets.
+METHODS = ["lora", "hyplora-lorentz", "hyplora-lorentz-full", "hyplora-stereographic", "hyplora-reference"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+METHOD_LABELS = {
+    "base": "base model (no adapter)",
+    "lora": "LoRA (stock peft)",
+    "hyplora-lorentz": "hyplora lorentz",
+    "hyplora-lorentz-full": "hyplora lorentz-full",
+    "hyplora-stereographic": "hyplora stereographic",
+    "hyplora-reference": 'compat="reference" (paper\'s code path)',
+}
+
+# Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; smollm2: SmolLM2-135M
+# (values of its config.json); the *-tiny shapes are for CPU smoke runs.
+MODEL_SHAPES = {
+    "llama8b-4l": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 4, "num_attention_heads": 32,
+                   "num_key_value_heads": 8, "vocab_size": 32000},
+    "smollm2": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 100000.0,
+                "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "bos_token_id": 0, "eos_token_id": 0},
+}
+TINY_SHAPES = {
+    "llama8b-4l": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "vocab_size": 1000},
+    "smollm2": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True, "bos_token_id": 0,
+                "eos_token_id": 0},
+}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def versions_line() -> str:
+    import peft
+    import transformers
+
+    return (f"torch {torch.__version__} | transformers {transformers.__version__} | peft {peft.__version__} "
+            f"| python {platform.python_version()} | {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def llama_model(shape: dict, device, dtype, seed: int = 0, **overrides):
+    """A ``LlamaForCausalLM`` of the given shape with random weights (seeded), built directly on ``device``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(**{**shape, **overrides})
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return model
+
+
+def adapter_config(method: str, rank: int):
+    import peft
+
+    from hyplora import HypLoraConfig
+
+    if method == "lora":
+        return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
+    variant = method.removeprefix("hyplora-")
+    if variant == "reference":
+        return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
+    return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", variant=variant)
+
+
+def write_json_atomic(path: str, payload) -> None:
+    """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,273 @@
+"""Decoding speed with the adapter unmerged: HypLoRA variants against stock peft LoRA and the bare model.
+
+Issue 6 asks for HypLoRA / LoRA generated tokens per second >= 0.95 at batch 1 and batch 64, on SmolLM2-135M and
+on the Llama-3-8B-shaped model of train_step.py, and for the same numbers against the paper's code path
+(compat="reference"). Models have random weights (architecture only):
+
+  smollm2     SmolLM2-135M: hidden 576, intermediate 1536, 30 layers, 9 heads, 3 KV heads, vocab 49152, tied
+  llama8b-4l  Llama-3-8B cut to 4 layers: hidden 4096, intermediate 14336, 32 heads, 8 KV heads, vocab 32000
+
+Methods: base (no adapter), lora (stock peft), hyplora-lorentz, hyplora-lorentz-full, hyplora-stereographic,
+hyplora-reference (compat="reference"); r = 32 on q, k, v, up, down; never merged. One model per method, all
+resident at once (same base weights), so that the timed runs can interleave: every repeat runs each method
+once, in an order rotated from repeat to repeat, so that drift (clocks, temperature, other load) hits all
+methods alike. Each timed run is one ``model.generate`` call: greedy, KV cache (transformers' default dynamic
+cache), random prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens,
+so EOS cannot shorten the work). tokens/s = batch x new tokens / seconds of the whole call (prefill included);
+CUDA is synchronized before and after. Warm-up runs (not timed) go first, per method and batch size, so that
+torch.compile, cuBLAS and the allocator are warm.
+
+Columns: ms/step = median seconds / new tokens (prefill included); "/ LoRA" and "/ base" are ratios of median
+tokens/s; "paired / LoRA" is the range of the per-repeat ratios (same repeat, same drift); us/layer/step is the
+adapter's extra time per decoding step and adapted layer, (t_method - t_lora) / (new tokens x adapted layers)
+from median times (for LoRA itself: against the base). At batch 1 this is mostly the CPU time spent
+dispatching the branch's kernels.
+
+    python benchmarks/decode.py --json decode.json      # on a GPU: both models, batch 1 and 64, ~4 min on an H100
+    python benchmarks/decode.py --tiny                  # CPU smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import statistics
+import time
+import warnings
+
+import torch
+from _common import (
+    METHOD_LABELS,
+    METHODS,
+    MODEL_SHAPES,
+    TARGETS,
+    TINY_SHAPES,
+    adapter_config,
+    device_name,
+    llama_model,
+    synchronize,
+    versions_line,
+    write_json_atomic,
+)
+
+ALL_METHODS = ["base"] + METHODS
+MODELS = list(MODEL_SHAPES)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="llama8b-4l,smollm2", help=f"comma-separated, from {MODELS}")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, from {ALL_METHODS}")
+    parser.add_argument("--batch-sizes", default="1,64")
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per method (interleaved)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per method before the timed ones")
+    parser.add_argument("--max-seconds", type=float, default=30.0,
+                        help="stop adding repeats to a (model, batch) case once its timed runs took this long "
+                             "(at least --min-repeats are run, and every method runs equally often; 0: no limit)")
+    parser.add_argument("--min-repeats", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="default: bf16 (fp32 with --tiny)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --tiny)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny models on CPU in float32, batch 1 and 2, 8 + 8 tokens: a smoke run")
+    parser.add_argument("--json", help="write every number (raw times included) to this file")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.device = "cpu"
+        args.dtype = args.dtype or "fp32"
+        args.threads = args.threads or 1
+        if args.batch_sizes == "1,64":
+            args.batch_sizes = "1,2"
+        args.prompt_len, args.new_tokens, args.rank = 8, 8, 8
+        args.repeats, args.warmup = min(args.repeats, 3), 1
+    args.dtype = args.dtype or "bf16"
+    args.models = [m.strip() for m in args.model.split(",") if m.strip()]
+    args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.batch_list = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    unknown = [m for m in args.models if m not in MODELS] + [m for m in args.method_list if m not in ALL_METHODS]
+    if unknown:
+        parser.error(f"unknown model or method: {unknown}")
+    return args
+
+
+def build_models(name: str, args, device, dtype) -> dict:
+    """One model per method, all with the same random base weights; the adapters are never merged."""
+    import peft
+
+    shapes = TINY_SHAPES if args.tiny else MODEL_SHAPES
+    base = llama_model(shapes[name], device, dtype, seed=0)
+    base.eval()
+    models = {}
+    for method in args.method_list:
+        if method == "base":
+            models[method] = base
+            continue
+        torch.manual_seed(1)
+        model = peft.get_peft_model(copy.deepcopy(base), adapter_config(method, args.rank))
+        model.eval()
+        models[method] = model
+    if "base" not in models:
+        del base
+    return models
+
+
+def adapted_layers(model) -> int:
+    from peft.tuners.lora import LoraLayer
+
+    return sum(isinstance(module, LoraLayer) for module in model.modules())
+
+
+def generate_once(model, ids, mask, new_tokens: int, pad_id: int) -> torch.Tensor:
+    return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, use_cache=True, pad_token_id=pad_id)
+
+
+def run_case(models: dict, name: str, batch: int, args, device) -> dict:
+    """Warm-up, then interleaved timed runs of every method at one batch size."""
+    vocab = next(iter(models.values())).config.vocab_size
+    generator = torch.Generator(device="cpu").manual_seed(1000 + batch)
+    ids = torch.randint(1, vocab, (batch, args.prompt_len), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+    expected = args.prompt_len + args.new_tokens
+    warmup_start = time.perf_counter()
+    for method, model in models.items():
+        for _ in range(args.warmup):
+            generate_once(model, ids, mask, args.new_tokens, pad_id=0)
+    synchronize(device)
+    warmup_s = time.perf_counter() - warmup_start
+
+    methods = list(models)
+    seconds = {method: [] for method in methods}
+    outputs = {}
+    case_start = time.perf_counter()
+    for repeat in range(args.repeats):
+        shift = repeat % len(methods)
+        for method in methods[shift:] + methods[:shift]:
+            synchronize(device)
+            start = time.perf_counter()
+            out = generate_once(models[method], ids, mask, args.new_tokens, pad_id=0)
+            synchronize(device)
+            seconds[method].append(time.perf_counter() - start)
+            if out.shape != (batch, expected):
+                raise RuntimeError(f"{method} generated shape {tuple(out.shape)}, expected {(batch, expected)}")
+            outputs[method] = out
+        if args.max_seconds and repeat + 1 >= args.min_repeats and time.perf_counter() - case_start > args.max_seconds:
+            break
+
+    tokens = batch * args.new_tokens
+    rows = []
+    for method in methods:
+        times = seconds[method]
+        rates = [tokens / t for t in times]
+        rows.append({"method": method, "label": METHOD_LABELS[method], "seconds": times,
+                     "median_s": statistics.median(times), "tokens_per_s_median": statistics.median(rates),
+                     "tokens_per_s_min": min(rates), "tokens_per_s_max": max(rates),
+                     "adapted_layers": adapted_layers(models[method]),
+                     "same_tokens_as_base": bool(torch.equal(outputs[method], outputs["base"]))
+                     if "base" in outputs else None})
+    by_method = {row["method"]: row for row in rows}
+    lora, base = by_method.get("lora"), by_method.get("base")
+    for row in rows:
+        row["ratio_to_lora"] = row["tokens_per_s_median"] / lora["tokens_per_s_median"] if lora else None
+        row["ratio_to_base"] = row["tokens_per_s_median"] / base["tokens_per_s_median"] if base else None
+        # paired ratios (same repeat, so the same drift): their spread shows how much the ratio can be trusted
+        row["paired_ratio_to_lora"] = ([l / t for t, l in zip(row["seconds"], lora["seconds"])] if lora else None)
+        reference = base if row["method"] == "lora" else lora
+        layers = row["adapted_layers"]
+        if reference is not None and layers and row["method"] != "base":
+            row["overhead_us_per_layer_step"] = ((row["median_s"] - reference["median_s"]) * 1e6
+                                                  / (args.new_tokens * layers))
+            row["overhead_against"] = reference["method"]
+        else:
+            row["overhead_us_per_layer_step"] = None
+    return {"model": name, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
+            "repeats": len(seconds[methods[0]]), "warmup": args.warmup, "warmup_s": warmup_s,
+            "dynamo_unique_graphs": _dynamo_graphs(), "rows": rows}
+
+
+def _dynamo_graphs():
+    """How many graphs torch.compile has built so far in this process (the compiled gates), if known."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except (ImportError, KeyError, TypeError, ValueError):
+        return None
+
+
+def print_case(case: dict) -> None:
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    print(f"\n### {case['model']}, batch {case['batch']}: prompt {case['prompt_len']} + {case['new_tokens']} new "
+          f"tokens, {case['repeats']} interleaved repeats (median, min-max)\n")
+    print("| method | tokens/s | min-max | ms/step | / LoRA | paired / LoRA min-max | / base | adapted layers "
+          "| us/layer/step |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in case["rows"]:
+        paired = row["paired_ratio_to_lora"]
+        paired_text = f"{min(paired):.3f}-{max(paired):.3f}" if paired else "-"
+        overhead = row["overhead_us_per_layer_step"]
+        overhead_text = "-" if overhead is None else f"{overhead:.1f}" + (
+            " (vs base)" if row["overhead_against"] == "base" else "")
+        print(f"| {row['label']} | {row['tokens_per_s_median']:.1f} | {row['tokens_per_s_min']:.1f}-"
+              f"{row['tokens_per_s_max']:.1f} | {row['median_s'] * 1e3 / case['new_tokens']:.2f} "
+              f"| {fmt(row['ratio_to_lora'], '.3f')} | {paired_text} | {fmt(row['ratio_to_base'], '.3f')} "
+              f"| {row['adapted_layers']} | {overhead_text} |")
+    verdicts = [f"{row['method'].removeprefix('hyplora-')} {'PASS' if row['ratio_to_lora'] >= 0.95 else 'FAIL'}"
+                for row in case["rows"] if row["method"].startswith("hyplora") and row["ratio_to_lora"] is not None]
+    if verdicts:
+        print(f"\ntarget HypLoRA / LoRA tokens/s >= 0.95: {', '.join(verdicts)}")
+    mismatched = [row["method"] for row in case["rows"] if row["same_tokens_as_base"] is False]
+    if mismatched:
+        print(f"note: tokens differ from the base model's for {mismatched} (fresh adapters add ~0; "
+              "a reduced-precision near-tie can flip)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+    header = [f"device: {device_name(device)}" + (f", torch threads {torch.get_num_threads()}"
+                                                   if device.type == "cpu" else ""),
+              versions_line() + f" | HYPLORA_COMPILE={os.environ.get('HYPLORA_COMPILE', '1')}",
+              f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
+              f"KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
+              f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]
+    print("\n".join(header), flush=True)
+    cases = []
+    for name in args.models:
+        start = time.perf_counter()
+        models = build_models(name, args, device, dtype)
+        print(f"\nbuilt {name} x {len(models)} methods in {time.perf_counter() - start:.1f} s", flush=True)
+        for batch in args.batch_list:
+            start = time.perf_counter()
+            case = run_case(models, name, batch, args, device)
+            case["wall_s"] = time.perf_counter() - start
+            cases.append(case)
+            print_case(case)
+            print(f"\n({name}, batch {batch}: {case['wall_s']:.1f} s, of which warm-up {case['warmup_s']:.1f} s; "
+                  f"torch.compile graphs so far: {case['dynamo_unique_graphs']})", flush=True)
+            if args.json:
+                write_json_atomic(args.json, {"header": header, "args": vars(args), "cases": cases})
+        del models
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
