@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from hyplora.adapter import functional as Fn  # noqa: E402
+from hyplora.adapter import kernels  # noqa: E402
 
 TOLERANCE = 1e-3  # relative, float32 GPU math (bf16-rounded inputs are fed to both sides)
 
@@ -56,16 +57,56 @@ def check(variant: str, device: torch.device) -> dict[str, float]:
     return errors
 
 
+def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
+    """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x)."""
+    gen = torch.Generator().manual_seed(1)
+    d_in, d_out, r, tokens = 4096, 14336, 32, 1000
+    x = (torch.randn(tokens, d_in, generator=gen) * torch.logspace(-3, 1.5, tokens)[:, None]).to(x_dtype).to(device)
+    A = (torch.randn(r, d_in, generator=gen) / d_in**0.5).to(device)
+    B = (torch.randn(d_out, r, generator=gen) / r**0.5).to(device)
+    rho_k, rho_s = torch.tensor([0.2], device=device), torch.tensor([-0.1], device=device)
+    upstream = torch.randn(tokens, d_out, generator=gen).to(device)
+
+    def run():
+        leaves = [t.clone().requires_grad_(True) for t in (x, A, B, rho_k, rho_s)]
+        out = Fn.gated_branch(variant, *leaves, 1.3, d_in**0.5, 4.0, 12.0)
+        (out * upstream).sum().backward()
+        return [out.detach()] + [leaf.grad for leaf in leaves]
+
+    assert kernels.usable(x, A, variant), "the Triton path is not in use"
+    fused = run()
+    os.environ["HYPLORA_TRITON"] = "0"
+    try:
+        eager = run()
+    finally:
+        del os.environ["HYPLORA_TRITON"]
+    names = ["output", "grad x", "grad A", "grad B", "grad rho_k", "grad rho_s"]
+    return {n: ((f.double() - e.double()).norm() / e.double().norm().clamp_min(1e-300)).item()
+            for n, f, e in zip(names, fused, eager)}
+
+
 def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
     failed = False
+    print("GPU fast path (Triton where usable) against the float64 literal reference on the CPU:")
     for variant in ["lorentz", "lorentz-full", "stereographic", "reference"]:
         errors = check(variant, device)
         worst = max(errors.values())
         failed |= worst > TOLERANCE
         print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
               + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+    if device.type == "cuda":
+        print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x:")
+        for variant in ["lorentz", "stereographic"]:
+            for x_dtype in (torch.bfloat16, torch.float32):
+                errors = check_fused_against_eager(variant, device, x_dtype)
+                # grad x of a bf16 input is rounded to bf16 on both sides, possibly differently
+                limits = {k: (1e-2 if k == "grad x" and x_dtype == torch.bfloat16 else 1e-4) for k in errors}
+                bad = any(errors[k] > limits[k] for k in errors)
+                failed |= bad
+                print(f"{variant:14s} {str(x_dtype):15s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+                      + ("  FAIL" if bad else "  OK"))
     return 1 if failed else 0
 
 

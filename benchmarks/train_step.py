@@ -12,7 +12,6 @@ min-max and ratios to LoRA, names the device and versions, and writes the number
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -24,6 +23,7 @@ from _common import (
     device_name,
     llama_model,
     synchronize,
+    write_json_atomic,
 )
 
 
@@ -33,7 +33,7 @@ def build_model(args, device, dtype):
     return llama_model(shape, device, dtype, max_position_embeddings=max(2048, args.seq))
 
 
-def measure(method: str, args, device, dtype) -> dict:
+def make_run(method: str, args, device, dtype):
     import peft
 
     model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
@@ -41,40 +41,88 @@ def measure(method: str, args, device, dtype) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
-    times = []
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    for step in range(args.warmup + args.steps):
-        synchronize(device)
-        start = time.perf_counter()
+
+    def step():
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        if step >= args.warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
+        return loss
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=activities) as prof:
-            for _ in range(3):
-                model(input_ids=ids, labels=ids).loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            synchronize(device)
-        sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
-        print(f"--- profile of 3 steps: {method}")
-        print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
-    result = {"method": method, "median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-              "peak_gib": peak, "final_loss": loss.item()}
-    del model, optimizer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return result
+    return model, step
+
+
+def timed(step, device) -> tuple[float, torch.Tensor]:
+    synchronize(device)
+    start = time.perf_counter()
+    loss = step()
+    synchronize(device)
+    return (time.perf_counter() - start) * 1e3, loss
+
+
+def measure_memory(method: str, args, device, dtype) -> float:
+    """Peak memory of a few steps with only this model on the device (GiB; NaN on CPU)."""
+    if device.type != "cuda":
+        return float("nan")
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    model, step = make_run(method, args, device, dtype)
+    for _ in range(3):
+        step()
+    synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    del model, step
+    torch.cuda.empty_cache()
+    return peak
+
+
+def profile_steps(method: str, step, device) -> dict:
+    """GPU busy time and kernel launches per step (torch.profiler), to tell launch-bound from GPU-bound."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    steps = 3
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    events = prof.key_averages()
+    kernels = [e for e in events if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
+    gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / steps
+    launches = sum(e.count for e in kernels) / steps
+    print(f"--- profile of {steps} steps: {method}: GPU busy {gpu_ms:.1f} ms/step, {launches:.0f} kernels/step")
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=25, max_name_column_width=70))
+    return {"gpu_busy_ms": gpu_ms, "kernels_per_step": launches}
+
+
+def measure_all(args, device, dtype) -> list[dict]:
+    """Memory one model at a time; then time with every model resident, round-robin (drift hits all alike)."""
+    methods = args.methods.split(",")
+    peaks = {method: measure_memory(method, args, device, dtype) for method in methods}
+    runs = {method: make_run(method, args, device, dtype) for method in methods}
+    for method, (_, step) in runs.items():
+        for _ in range(args.warmup):
+            step()
+    times = {method: [] for method in methods}
+    losses = {}
+    per_round = max(1, args.steps // args.rounds)
+    for round_index in range(args.rounds):
+        order = methods[round_index % len(methods):] + methods[: round_index % len(methods)]
+        for method in order:
+            for _ in range(per_round):
+                ms, loss = timed(runs[method][1], device)
+                times[method].append(ms)
+                losses[method] = loss
+    results = []
+    for method in methods:
+        ts = times[method]
+        result = {"method": method, "median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts),
+                  "steps": len(ts), "peak_gib": peaks[method], "final_loss": losses[method].item()}
+        if args.profile:
+            result.update(profile_steps(method, runs[method][1], device))
+        results.append(result)
+    return results
 
 
 def main() -> None:
@@ -88,14 +136,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rank", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per method, over all rounds")
+    parser.add_argument("--rounds", type=int, default=6, help="round-robin rounds over the methods")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--tiny", action="store_true", help="a small model for a quick smoke run")
     parser.add_argument("--json", help="write the results here")
-    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per method")
+    parser.add_argument("--profile", action="store_true",
+                        help="print a torch.profiler table, GPU busy time and kernels per step for each method")
     args = parser.parse_args()
     if args.tiny:
         args.hidden, args.intermediate, args.heads, args.kv_heads, args.layers = 256, 512, 4, 2, 2
@@ -109,9 +159,11 @@ def main() -> None:
     header = (f"device: {device_name(device)} | torch {torch.__version__} | transformers {transformers.__version__} "
               f"| peft {peft.__version__}\nmodel: hidden {args.hidden}, intermediate {args.intermediate}, "
               f"{args.layers} layers, vocab {args.vocab}, {args.dtype}; batch {args.batch} x {args.seq}; r={args.rank} "
-              f"on {','.join(TARGETS)}; AdamW; {args.steps} timed steps after {args.warmup} warm-up")
+              f"on {','.join(TARGETS)}; AdamW; {args.steps} timed steps per method after {args.warmup} warm-up, "
+              f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory measured "
+              f"one model at a time")
     print(header, flush=True)
-    results = [measure(method, args, device, dtype) for method in args.methods.split(",")]
+    results = measure_all(args, device, dtype)
     lora = next((r for r in results if r["method"] == "lora"), None)
     print("| method | step median ms | min-max ms | / LoRA | peak GiB | / LoRA |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -120,10 +172,10 @@ def main() -> None:
         memory_ratio = r["peak_gib"] / lora["peak_gib"] if lora else float("nan")
         r.update(time_ratio=time_ratio, memory_ratio=memory_ratio)
         print(f"| {r['method']} | {r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {time_ratio:.2f} "
-              f"| {r['peak_gib']:.2f} | {memory_ratio:.2f} |")
+              f"| {r['peak_gib']:.2f} | {memory_ratio:.2f} |"
+              + (f" GPU busy {r['gpu_busy_ms']:.1f} ms, {r['kernels_per_step']:.0f} kernels" if args.profile else ""))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"header": header, "args": vars(args), "results": results}, handle, indent=2)
+        write_json_atomic(args.json, {"header": header, "args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Without a GPU, Triton kernels can only run in Triton's interpreter, which must be chosen before they are
+    # decorated (at import). It is used only where a test asks for it (HYPLORA_TRITON=interpret).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def make_tiny_llama(seed: int = 0, vocab_size: int = 128):

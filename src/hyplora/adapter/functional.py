@@ -41,6 +41,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from . import kernels
 from ..geometry import _norm, asinhc, expmap0, logmap0, sinhc, time_coordinate
 
 Tensor = torch.Tensor
@@ -123,17 +124,19 @@ def _asinhc_prime(z: Tensor) -> Tensor:
     return torch.where(small, series * z, (t / torch.sqrt(1 + t * t) - torch.asinh(t)) / (t * t))
 
 
-def _lorentz_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float):
+def _lorentz_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float, derivatives: bool = True):
     """"lorentz" gates with their partial derivatives, per token.
 
     ``g1 = sinh(min(t, t_max)) / t`` with ``t = n / sqrt(K)``; ``G = g1 asinhc(g1 m / sqrt(K))``.
-    Returns ``(G, dG/dn, dG/dm, dG/dK)``.
+    Returns ``(G, dG/dn, dG/dm, dG/dK)``, or ``(G,)`` without derivatives.
     """
     sqrt_k = K.sqrt()
     theta = norm_u.clamp_min(1e-30) / sqrt_k
     clamped = theta > theta_max
     safe = theta.clamp_max(theta_max)
     g1 = torch.where(clamped, math.sinh(theta_max) / theta, sinhc(safe))
+    if not derivatives:
+        return (g1 * asinhc(g1 * m / sqrt_k),)
     dg1_dtheta = torch.where(clamped, -g1 / theta, _sinhc_prime(safe))
     z = g1 * m / sqrt_k
     g2 = asinhc(z)
@@ -145,12 +148,12 @@ def _lorentz_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float):
     return g1 * g2, dG_dn, dG_dm, dG_dK
 
 
-def _stereographic_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float):
+def _stereographic_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float, derivatives: bool = True):
     """"stereographic" gates with their partial derivatives, per token.
 
     ``g1 = 2K / (K - n^2)`` (n capped at ``rho = sqrt(K) tanh(t_max / 2)``, beyond which
     ``g1 = sqrt(K) sinh(t_max) / n``); ``G = g1 sqrt(K) / (sqrt(K) + sqrt(K + (g1 m)^2))``.
-    Returns ``(G, dG/dn, dG/dm, dG/dK)``.
+    Returns ``(G, dG/dn, dG/dm, dG/dK)``, or ``(G,)`` without derivatives.
     """
     sqrt_k = K.sqrt()
     n = norm_u.clamp_min(1e-30)
@@ -158,6 +161,8 @@ def _stereographic_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float)
     inside = torch.minimum(n, sqrt_k * math.tanh(theta_max / 2.0))
     gap = K - inside * inside
     g1 = torch.where(capped, sqrt_k * math.sinh(theta_max) / n, 2.0 * K / gap)
+    if not derivatives:
+        return (g1 * sqrt_k / (sqrt_k + torch.hypot(g1 * m, sqrt_k)),)
     dg1_dn = torch.where(capped, -g1 / n, 4.0 * K * inside / (gap * gap))
     dg1_dK = torch.where(capped, g1 / (2.0 * K), -2.0 * inside * inside / (gap * gap))
     w = g1 * m
@@ -171,59 +176,97 @@ def _stereographic_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float)
 
 
 _GATES = {"lorentz": _lorentz_gates, "stereographic": _stereographic_gates}
+GATED_VARIANTS = frozenset(_GATES)
 
 
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
+    ``K = k0 exp(rho_k)`` and ``s = s0 exp(rho_s)`` (the layer's parameterisation; gradients go to the rhos).
     One autograd node per layer, like LoRA's two matmuls: the backward is written out, so that it costs
-    LoRA's three matmuls plus rank-sized work, and only x (in its own dtype), ``A u`` (rank-sized) and
-    per-token numbers are saved.
+    LoRA's three matmuls plus rank-sized work, and only x (in its own dtype), ``a_raw = x A^T`` (rank-sized),
+    ``B^T B`` and per-token ``(n, m)`` are saved. On CUDA the per-token work runs in the Triton kernels of
+    `kernels`; elsewhere (or with ``HYPLORA_TRITON=0``) the same formulas run as torch operations.
     """
 
     @staticmethod
-    def forward(ctx, x, A, B, K, s, variant: str, scaling: float, theta_max: float):
+    def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        x_cast = x2.to(A.dtype)
-        a = (x_cast @ A.t()) / s  # A u
-        norm_u = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True) / s
-        gram = B.t() @ B
-        m = ((a @ gram) * a).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()  # |B A u|
-        gates = _gate_fn(variant, x.device.type)
-        G, dG_dn, dG_dm, dG_dK = gates(norm_u, m, K, theta_max)
-        out = (a * (scaling * G)) @ B.t()
-        ctx.save_for_backward(x, A, B, K, s, a, norm_u, m, G, dG_dn, dG_dm, dG_dK)
-        ctx.scaling = scaling
+        fused = kernels.usable(x2, A, variant)
+        if fused:
+            x_cast, sumsq = kernels.cast_and_sumsq(x2)
+            a_raw = x_cast @ A.t()
+            del x_cast
+            gram = B.t() @ B
+            z, nm = kernels.gate_forward(a_raw, sumsq, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+        else:
+            x_cast = x2.to(A.dtype)
+            a_raw = x_cast @ A.t()
+            gram = B.t() @ B
+            K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+            a = a_raw / s
+            n = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True) / s
+            m = _gram_norm(a, gram)
+            G = _GATES[variant](n, m, K, theta_max, derivatives=False)[0]
+            z = a * (scaling * G)
+            nm = torch.cat([n, m], dim=-1)
+        out = z @ B.t()
+        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, nm, gram)
+        ctx.settings = (k0, s0, variant, scaling, theta_max, fused)
         return out.reshape(*shape[:-1], B.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, A, B, K, s, a, norm_u, m, G, dG_dn, dG_dm, dG_dK = ctx.saved_tensors
-        c = ctx.scaling
+        # With q = dL/dZ B, per token:  dL/dG = c <q, a>,  dL/dn = dL/dG dG/dn,  beta = dL/dG dG/dm / m,
+        # dL/da = c G q + beta (B^T B) a,  P = dL/da / s (= dL/d a_raw),  w = dL/dn / (n s^2);  then
+        # dL/dx = P A + w x,  dL/dA = P^T x,  dL/dB = grad_out^T Z + B (a^T diag(beta) a),
+        # dL/d rho_k = K sum dL/dG dG/dK,  dL/d rho_s = s dL/ds = -sum (<dL/da, a> + dL/dn n).
+        x, A, B, rho_k, rho_s, a_raw, nm, gram = ctx.saved_tensors
+        k0, s0, variant, c, theta_max, fused = ctx.settings
         shape = x.shape
-        x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
+        x2 = x.reshape(-1, shape[-1])
         grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
-        q = grad_out @ B  # dL/d(Z), Z = c G a
-        dL_dG = c * (q * a).sum(dim=-1, keepdim=True)
-        dL_dn = dL_dG * dG_dn
-        beta = dL_dG * dG_dm / m  # dL/dm * dm/da = beta * (B^T B) a
-        gram = B.t() @ B
-        dL_da = (c * G) * q + beta * (a @ gram)
-        grad_x = grad_A = grad_B = grad_K = grad_s = None
-        if ctx.needs_input_grad[0]:
-            # u = x / s: dL/dx = (A^T dL/da + dL/dn u / n) / s
-            grad_x = (dL_da @ A + x_cast * (dL_dn / (norm_u.clamp_min(1e-30) * s))) / s
-            grad_x = grad_x.to(x.dtype).reshape(shape)
-        if ctx.needs_input_grad[1]:
-            grad_A = (dL_da / s).t() @ x_cast
+        q = grad_out @ B
+        if fused:
+            p, z, ab, w, partials = kernels.gate_backward(
+                q, a_raw, nm, gram, rho_k, rho_s, k0, s0, variant, c, theta_max
+            )
+            grad_rho = partials.sum(dim=0)
+        else:
+            K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+            a = a_raw / s
+            n, m = nm[:, :1], nm[:, 1:]
+            G, dG_dn, dG_dm, dG_dK = _GATES[variant](n, m, K, theta_max)
+            dL_dG = c * (q * a).sum(dim=-1, keepdim=True)
+            dL_dn = dL_dG * dG_dn
+            beta = dL_dG * dG_dm / m
+            dL_da = (c * G) * q + beta * (a @ gram)
+            p = dL_da / s
+            z = a * (c * G)
+            ab = a * (beta / s)
+            w = (dL_dn / (n.clamp_min(1e-30) * s * s)).squeeze(-1)
+            grad_rho = torch.stack([(dL_dG * dG_dK).sum() * K.squeeze(), -((dL_da * a).sum() + (dL_dn * n).sum())])
+        grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
+        want_x, want_A = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        x_float = None
+        if want_x:
+            if fused:
+                grad_x, x_float = kernels.row_axpy(p @ A, x2, w, want_float_x=want_A)
+            else:
+                grad_x = (p @ A + x2.to(A.dtype) * w.unsqueeze(-1)).to(x.dtype)
+            grad_x = grad_x.reshape(shape)
+        if want_A:
+            if x_float is None:
+                x_float = x2.to(A.dtype)
+            grad_A = p.t() @ x_float
         if ctx.needs_input_grad[2]:
-            grad_B = grad_out.t() @ (a * (c * G)) + B @ (a.t() @ (beta * a))
+            grad_B = torch.addmm(B @ (ab.t() @ a_raw), grad_out.t(), z)
         if ctx.needs_input_grad[3]:
-            grad_K = (dL_dG * dG_dK).sum().reshape(K.shape)
+            grad_rho_k = grad_rho[:1].reshape(rho_k.shape).to(rho_k.dtype)
         if ctx.needs_input_grad[4]:
-            grad_s = (-((dL_da * a).sum() + (dL_dn * norm_u).sum()) / s).reshape(s.shape)
-        return grad_x, grad_A, grad_B, grad_K, grad_s, None, None, None
+            grad_rho_s = grad_rho[1:].reshape(rho_s.shape).to(rho_s.dtype)
+        return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
 def _lorentz_full_rank_space(projected, norm_x, K, s, gram, scaling: float, theta_max: float, A_time) -> Tensor:
@@ -260,9 +303,19 @@ def _gate_fn(variant: str, device_type: str):
     return run
 
 
+def gated_branch(
+    variant: str, x: Tensor, A: Tensor, B: Tensor, rho_k: Tensor, rho_s: Tensor, k0: float, s0: float,
+    scaling: float, theta_max: float,
+) -> Tensor:
+    """The "lorentz" or "stereographic" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's
+    parameterisation, which the kernels evaluate themselves)."""
+    return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+
+
 def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):
     if variant in _GATES:
-        return _GatedLowRank.apply(x, A, B, K, s, variant, scaling, theta_max)
+        # K = exp(log K): gradients reach K and s through the logs
+        return gated_branch(variant, x, A, B, K.log(), s.log(), 1.0, 1.0, scaling, theta_max)
     projected, norm_x = _ProjectAndNorm.apply(x, A[:, 1:])
     gram = B.t() @ B
     rank_space = _gate_fn(variant, x.device.type)(projected, norm_x, K, s, gram, scaling, theta_max, A[:, 0])

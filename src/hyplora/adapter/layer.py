@@ -141,6 +141,13 @@ class HypLoraLinear(nn.Module, LoraLayer):
             return param.float()
         return torch.exp(param.float()) * settings["feature_scale"]
 
+    def _log_ratio(self, params: nn.ParameterDict, adapter_name: str, like: torch.Tensor) -> torch.Tensor:
+        """``rho`` of ``value = value0 exp(rho)``: the learned parameter, or a cached 0 when not learned."""
+        if adapter_name in params:
+            param = params[adapter_name]
+            return param if param.dtype == like.dtype else param.to(like.dtype)
+        return self._constant(0.0, like)
+
     # ------------------------------------------------------------------------------------------- forward
     def hyperbolic_branch(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``scaling * branch(dropout(x))`` for one adapter, computed in float32 (float64 if the adapter is)."""
@@ -157,8 +164,16 @@ class HypLoraLinear(nn.Module, LoraLayer):
             # x keeps its dtype: the fast path casts it inside (and saves it uncast for backward).
             x = self.lora_dropout[adapter_name](x)
             A, B = A.to(dtype), B.to(dtype)
-            K = self.curvature(adapter_name).to(dtype)
             scaling = self.scaling[adapter_name]
+            if settings["compat"] is None and settings["variant"] in Fn.GATED_VARIANTS:
+                rho_k = self._log_ratio(self.lora_curvature, adapter_name, A)
+                rho_s = self._log_ratio(self.lora_feature_scale, adapter_name, A)
+                # K = K0 exp(rho) and s = s0 exp(sigma) are formed inside the fused function (no scalar launches)
+                return Fn.gated_branch(
+                    settings["variant"], x, A, B, rho_k, rho_s, settings["curvature"], settings["feature_scale"],
+                    scaling, settings["max_radius"],
+                )
+            K = self.curvature(adapter_name).to(dtype)
             if settings["compat"] == "reference":
                 x = x.to(dtype)  # the released code computes in float32
                 if settings["variant"] == "lorentz":

@@ -1,0 +1,130 @@
+"""The Triton fast path of the gated branches, run on the CPU through Triton's interpreter.
+
+The same kernels compile for the GPU (checked there by benchmarks/gpu_check.py); here they must agree with
+the eager torch path, which the other adapter tests hold to the float64 step-by-step reference, and with that
+reference directly.
+"""
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="Triton is part of the test extras (pip install -e .[test])")
+
+from hyplora.adapter import functional as Fn  # noqa: E402
+from hyplora.adapter import kernels  # noqa: E402
+
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    """The Triton path switched on: compiled on a GPU, in Triton's interpreter on a CPU (tests/conftest.py)."""
+    if DEVICE == "cpu":
+        assert kernels.INTERPRET, "tests/conftest.py sets TRITON_INTERPRET=1 before the kernels are imported"
+        monkeypatch.setenv("HYPLORA_TRITON", "interpret")
+    return kernels
+
+
+def _inputs(rows, d_in, d_out, rank, x_scale, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(rows, d_in, generator=g) * x_scale).to(dtype)
+    A = torch.randn(rank, d_in, generator=g) / math.sqrt(d_in)
+    B = torch.randn(d_out, rank, generator=g) * 0.3
+    rho_k = torch.tensor([0.3])
+    rho_s = torch.tensor([-0.2])
+    return tuple(t.to(DEVICE) for t in (x, A, B, rho_k, rho_s))
+
+
+def _run(variant, x, A, B, rho_k, rho_s, k0, s0, theta_max=12.0, scaling=2.0):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, A, B, rho_k, rho_s)]
+    out = Fn.gated_branch(variant, *leaves, k0, s0, scaling, theta_max)
+    weights = torch.linspace(-1, 1, out.numel(), device=out.device).reshape(out.shape)
+    (out.float() * weights).sum().backward()
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _close(actual, expected, rtol, what, floor=1e-12):
+    """Max abs error relative to the largest expected entry (or to `floor`, for sums that cancel to ~0)."""
+    scale = expected.abs().max().clamp_min(floor)
+    err = (actual.double() - expected.double()).abs().max() / scale
+    assert err <= rtol, f"{what}: relative error {err:.2e} > {rtol:.0e}"
+
+
+CASES = [
+    # rows, d_in, d_out, rank, |x| scale, k0, s0, theta_max: small and large geodesic radii, clamped radii,
+    # ranks that are not powers of two, row counts that do not fill a block
+    (7, 24, 16, 5, 1.0, 1.0, math.sqrt(24), 12.0),
+    (70, 48, 40, 20, 3.0, 0.5, 2.0, 12.0),
+    (33, 32, 24, 32, 40.0, 2.0, 1.0, 3.0),
+    (5, 16, 8, 3, 1e-3, 1.0, 1.0, 12.0),
+]
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+@pytest.mark.parametrize("case", CASES)
+def test_triton_path_matches_eager_path(interpreted, monkeypatch, variant, case):
+    rows, d_in, d_out, rank, x_scale, k0, s0, theta_max = case
+    inputs = _inputs(rows, d_in, d_out, rank, x_scale)
+    assert kernels.usable(inputs[0], inputs[1], variant)
+    fused_out, fused_grads = _run(variant, *inputs, k0, s0, theta_max)
+    monkeypatch.setenv("HYPLORA_TRITON", "0")
+    assert not kernels.usable(inputs[0], inputs[1], variant)
+    eager_out, eager_grads = _run(variant, *inputs, k0, s0, theta_max)
+    _close(fused_out, eager_out, 2e-5, "output")
+    # The rho gradients are sums over tokens of terms of the output's size, and can cancel to ~0 (for clamped
+    # radii the branch no longer depends on s): their scale is the output's L1 norm.
+    floor = float(eager_out.abs().sum())
+    for name, got, want in zip(["x", "A", "B", "rho_k", "rho_s"], fused_grads, eager_grads):
+        _close(got, want, 5e-5, f"grad {name}", floor=floor if name.startswith("rho") else 1e-12)
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+def test_triton_path_matches_float64_literal_reference(interpreted, variant):
+    x, A, B, rho_k, rho_s = _inputs(40, 32, 24, 8, 1.0)
+    x = x * torch.logspace(-3, 1, 40, device=DEVICE)[:, None]  # radii from the series regime to past the caps
+    k0, s0, scaling, theta_max = 1.3, 3.0, 2.0, 6.0
+    fused_out, fused_grads = _run(variant, x, A, B, rho_k, rho_s, k0, s0, theta_max, scaling)
+    leaves = [t.double().requires_grad_(True) for t in (x, A, B, rho_k, rho_s)]
+    K, s = k0 * torch.exp(leaves[3]), s0 * torch.exp(leaves[4])
+    literal = Fn.LITERAL_BRANCHES[variant](leaves[0], leaves[1], leaves[2], K, s, scaling, theta_max)
+    weights = torch.linspace(-1, 1, literal.numel(), dtype=torch.float64, device=DEVICE).reshape(literal.shape)
+    (literal * weights).sum().backward()
+    _close(fused_out, literal.detach(), 1e-5, "output")
+    floor = float(literal.abs().sum())
+    for name, got, leaf in zip(["x", "A", "B", "rho_k", "rho_s"], fused_grads, leaves):
+        _close(got, leaf.grad, 1e-4, f"grad {name}", floor=floor if name.startswith("rho") else 1e-12)
+
+
+def test_bfloat16_input_gets_bfloat16_gradient_and_float32_math(interpreted, monkeypatch):
+    x, A, B, rho_k, rho_s = _inputs(20, 32, 16, 8, 2.0, dtype=torch.bfloat16)
+    fused_out, fused_grads = _run("lorentz", x, A, B, rho_k, rho_s, 1.0, 4.0)
+    assert fused_out.dtype == torch.float32 and fused_grads[0].dtype == torch.bfloat16
+    monkeypatch.setenv("HYPLORA_TRITON", "0")
+    eager_out, eager_grads = _run("lorentz", x, A, B, rho_k, rho_s, 1.0, 4.0)
+    _close(fused_out, eager_out, 2e-5, "output")
+    _close(fused_grads[0].float(), eager_grads[0].float(), 1e-2, "grad x (bfloat16)")
+    for got, want in zip(fused_grads[1:], eager_grads[1:]):
+        _close(got, want, 5e-5, "adapter gradients")
+
+
+def test_zero_rows_and_zero_inputs_stay_finite(interpreted):
+    x, A, B, rho_k, rho_s = _inputs(6, 16, 8, 4, 1.0)
+    x[2] = 0.0
+    out, grads = _run("lorentz", x, A, B, rho_k, rho_s, 1.0, 4.0)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert torch.equal(out[2], torch.zeros_like(out[2]))
+    empty_out, empty_grads = _run("stereographic", x[:0], A, B, rho_k, rho_s, 1.0, 4.0)
+    assert empty_out.shape == (0, 8) and torch.equal(empty_grads[1], torch.zeros_like(A))
+
+
+def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
+    x, A, _, _, _ = _inputs(4, 16, 8, 4, 1.0)
+    assert kernels.usable(x, A, "lorentz")
+    assert not kernels.usable(x, A, "lorentz-full")
+    assert not kernels.usable(x, A.double(), "lorentz")
+    assert not kernels.usable(x, torch.zeros(kernels.MAX_RANK + 1, 16, device=DEVICE), "lorentz")
+    monkeypatch.setattr(kernels, "triton", None)
+    assert not kernels.usable(x, A, "lorentz")
