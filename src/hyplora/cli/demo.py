@@ -1,60 +1,69 @@
-"""`hyplora demo`: attach HypLoRA to a model, run one forward/backward step, report what happened."""
+"""`hyplora demo`: the README's main job - evaluate, fine-tune with HypLoRA, evaluate again (CPU, minutes)."""
 
 from __future__ import annotations
 
 import argparse
-import time
 
 from ..models import DEFAULT_MODEL
 
 
 def register(subparsers) -> None:
+    from ..training.demo import DemoSettings
+
+    defaults = DemoSettings()
     parser = subparsers.add_parser(
         "demo",
-        help="attach HypLoRA to a model and run one training step (a smoke test of the install)",
+        help="evaluate SmolLM2-135M, fine-tune it with HypLoRA, evaluate again (CPU, a few minutes)",
+        description=(
+            "The main job, on the built-in synthetic arithmetic word problems (no data directory needed): "
+            "evaluate the model on a slice of the synthetic test split, fine-tune it with HypLoRA (the "
+            "smollm2-demo recipe), evaluate the adapter on the same slice, and print a before/after table and "
+            "where the adapter, training log, loss plot, evaluation outputs and summary JSON went. Running the "
+            "same command again resumes an interrupted demo (finished stages are reused)."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--output-dir", default=defaults.output_dir, help="where everything is written")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, .gguf file, directory or hub id")
-    parser.add_argument("--variant", default="lorentz", choices=["lorentz", "lorentz-full", "stereographic"])
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--text", default="Natalia sold 48 clips in April and half as many in May. The answer is 72.")
+    parser.add_argument("--max-steps", type=int, help="training steps (default: the recipe's, 16)")
+    parser.add_argument("--train-samples", type=int, help="training examples (default: the recipe's, 64)")
+    parser.add_argument("--eval-size", type=int, default=defaults.eval_size,
+                        help="synthetic test problems evaluated before and after")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="new-token limit per answer when evaluating")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import peft
-    import torch
+    import time
 
-    from ..adapter import HypLoraConfig, HypLoraLinear
-    from ..models import load_model, load_tokenizer
+    from ..training.demo import DemoSettings, run_demo
 
     start = time.perf_counter()
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model)
-    config = HypLoraConfig(
-        r=args.rank, lora_alpha=args.alpha, variant=args.variant, task_type="CAUSAL_LM",
-        target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+    settings = DemoSettings(
+        output_dir=args.output_dir, model=args.model, max_steps=args.max_steps, train_samples=args.train_samples,
+        eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        progress=not args.no_progress,
     )
-    model = peft.get_peft_model(model, config)
-    layers = [m for m in model.modules() if isinstance(m, HypLoraLinear)]
-    trainable, total = model.get_nb_trainable_parameters()
-    print(f"model {args.model}: {total / 1e6:.1f}M parameters, {len(layers)} HypLoRA layers "
-          f"({args.variant}, r={args.rank}), {trainable:,} trainable")
-
-    batch = tokenizer(args.text, return_tensors="pt")
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(2):
-        loss = model(**batch, labels=batch["input_ids"]).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    curvatures = torch.cat([layer.curvature("default").detach() for layer in layers])
-    print(f"loss before/after one AdamW step: {losses[0]:.4f} -> {losses[1]:.4f} "
-          f"on {batch['input_ids'].shape[1]} tokens")
-    print(f"curvature K across layers: min {curvatures.min():.6f}, max {curvatures.max():.6f} (started at 1.0)")
-    print(f"done in {time.perf_counter() - start:.1f} s")
+    result = run_demo(settings)
+    summary = result.summary
+    paths = summary["paths"]
+    change = summary["accuracy_change"]
+    print()
+    print(f"Accuracy on {summary['eval']['data']} (greedy, up to {summary['eval']['max_new_tokens']} new tokens):")
+    print()
+    print(result.table)
+    print()
+    training = summary["training"]
+    loss = f"{training['final_loss']:.4f}" if training.get("final_loss") is not None else "n/a"
+    change_text = f"{100 * change:+.1f} points" if change is not None else "n/a"
+    print(f"accuracy change: {change_text}; final training loss {loss} after {training['global_step']} steps")
+    print(f"adapter:      {paths['adapter']}")
+    print(f"training log: {paths['training_log']}")
+    print(f"loss plot:    {paths['loss_plot']}")
+    print(f"eval outputs: {paths['eval_base']}, {paths['eval_adapter']}")
+    print(f"summary:      {paths['summary']} (table: {paths['table']})")
+    print(f"done in {time.perf_counter() - start:.0f} s")
     return 0
