@@ -25,8 +25,10 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--output-dir", default=defaults.output_dir, help="where everything is written")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model name, .gguf file, directory or hub id")
-    parser.add_argument("--max-steps", type=int, help="training steps (default: the recipe's, 16)")
-    parser.add_argument("--train-samples", type=int, help="training examples (default: the recipe's, 64)")
+    parser.add_argument("--max-steps", type=int, default=argparse.SUPPRESS,
+                        help="training steps (default: the smollm2-demo recipe's, 16)")
+    parser.add_argument("--train-samples", type=int, default=argparse.SUPPRESS,
+                        help="training examples, a seeded slice of the built-in train split (default: the recipe's, 64)")
     parser.add_argument("--eval-size", type=int, default=defaults.eval_size,
                         help="synthetic test problems evaluated before and after")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
@@ -43,7 +45,8 @@ def run(args) -> int:
 
     start = time.perf_counter()
     settings = DemoSettings(
-        output_dir=args.output_dir, model=args.model, max_steps=args.max_steps, train_samples=args.train_samples,
+        output_dir=args.output_dir, model=args.model, max_steps=getattr(args, "max_steps", None),
+        train_samples=getattr(args, "train_samples", None),
         eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         progress=not args.no_progress,
     )
