@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-steps", type=int, default=argparse.SUPPRESS,
                         help="training steps (default: the smollm2-demo recipe's, 16)")
     parser.add_argument("--train-samples", type=int, default=argparse.SUPPRESS,
-                        help="training examples, a seeded slice of the built-in train split (default: the recipe's, 64)")
+                        help="training examples, a seeded slice of the built-in train split "
+                             "(default: the recipe's, 64)")
     parser.add_argument("--eval-size", type=int, default=defaults.eval_size,
                         help="synthetic test problems evaluated before and after")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
