@@ -179,6 +179,32 @@ _GATES = {"lorentz": _lorentz_gates, "stereographic": _stereographic_gates}
 GATED_VARIANTS = frozenset(_GATES)
 
 
+def _gated_forward(x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
+    """The branch and what its backward needs: ``(out, a_raw, (n, m) per token, B^T B, fused?)``."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    fused = kernels.usable(x2, A, variant)
+    if fused:
+        x_cast, sumsq = kernels.cast_and_sumsq(x2)
+        a_raw = x_cast @ A.t()
+        del x_cast
+        gram = B.t() @ B
+        z, nm = kernels.gate_forward(a_raw, sumsq, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+    else:
+        x_cast = x2.to(A.dtype)
+        a_raw = x_cast @ A.t()
+        gram = B.t() @ B
+        K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+        a = a_raw / s
+        n = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True) / s
+        m = _gram_norm(a, gram)
+        G = _GATES[variant](n, m, K, theta_max, derivatives=False)[0]
+        z = a * (scaling * G)
+        nm = torch.cat([n, m], dim=-1)
+    out = z @ B.t()
+    return out.reshape(*shape[:-1], B.shape[0]), a_raw, nm, gram, fused
+
+
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
@@ -191,30 +217,10 @@ class _GatedLowRank(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        fused = kernels.usable(x2, A, variant)
-        if fused:
-            x_cast, sumsq = kernels.cast_and_sumsq(x2)
-            a_raw = x_cast @ A.t()
-            del x_cast
-            gram = B.t() @ B
-            z, nm = kernels.gate_forward(a_raw, sumsq, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
-        else:
-            x_cast = x2.to(A.dtype)
-            a_raw = x_cast @ A.t()
-            gram = B.t() @ B
-            K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
-            a = a_raw / s
-            n = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True) / s
-            m = _gram_norm(a, gram)
-            G = _GATES[variant](n, m, K, theta_max, derivatives=False)[0]
-            z = a * (scaling * G)
-            nm = torch.cat([n, m], dim=-1)
-        out = z @ B.t()
+        out, a_raw, nm, gram, fused = _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
         ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, nm, gram)
         ctx.settings = (k0, s0, variant, scaling, theta_max, fused)
-        return out.reshape(*shape[:-1], B.shape[0])
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -309,6 +315,9 @@ def gated_branch(
 ) -> Tensor:
     """The "lorentz" or "stereographic" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's
     parameterisation, which the kernels evaluate themselves)."""
+    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, rho_k, rho_s)):
+        # inference (decoding): the same computation without an autograd node
+        return _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)[0]
     return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
 
 

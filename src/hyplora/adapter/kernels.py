@@ -148,7 +148,7 @@ if triton is not None:
             dG_dK = g1 * dg2_dK + dG_dg1 * dg1_dK
         return g1 * g2, dG_dn, dG_dm, dG_dK
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["D"])
     def _cast_and_sumsq_kernel(x_ptr, out_ptr, sumsq_ptr, D, BLOCK_D: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         offsets = tl.arange(0, BLOCK_D)
@@ -161,7 +161,7 @@ if triton is not None:
             total += x * x
         tl.store(sumsq_ptr + row, tl.sum(total, axis=0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T"])
     def _gate_forward_kernel(
         a_ptr, sumsq_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, nm_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
@@ -185,7 +185,7 @@ if triton is not None:
         tl.store(nm_ptr + rows * 2, n, mask=row_mask)
         tl.store(nm_ptr + rows * 2 + 1, m, mask=row_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["T"])
     def _gate_backward_kernel(
         q_ptr, a_ptr, nm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr,
         p_ptr, z_ptr, ab_ptr, w_ptr, partial_ptr,
@@ -219,7 +219,7 @@ if triton is not None:
         tl.store(partial_ptr + rows * 2, dL_dG * dG_dK * K, mask=row_mask)
         tl.store(partial_ptr + rows * 2 + 1, -(tl.sum(dL_da * a, axis=1) + dL_dn * n), mask=row_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["D"])
     def _row_axpy_kernel(y_ptr, x_ptr, w_ptr, out_ptr, xf_ptr, D, WRITE_XF: tl.constexpr, BLOCK_D: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -230,6 +230,68 @@ if triton is not None:
         tl.store(out_ptr + row * D + cols, (y + w * x).to(out_ptr.dtype.element_ty), mask=mask)
         if WRITE_XF:
             tl.store(xf_ptr + row * D + cols, x, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------ launching
+# Triton's launch path binds and specialises every argument in Python on each call, which costs more CPU time
+# than these kernels take on the GPU, and a training step is CPU-bound at LoRA's sizes. Once a kernel is
+# compiled for a specialisation, later launches go straight to the compiled kernel's launcher. The calling
+# convention of that launcher differs between Triton versions, so the first launch of each specialisation is
+# also made directly in each candidate convention and must reproduce the regular launch's outputs bit for bit
+# (the kernels are deterministic); otherwise the regular path stays in use.
+_direct_launchers: dict = {}
+_direct_disabled = os.environ.get("HYPLORA_TRITON_DIRECT", "1") == "0"
+
+
+def _specialisation(arg) -> object:
+    if isinstance(arg, torch.Tensor):
+        return (arg.dtype, arg.data_ptr() % 16 == 0)
+    if isinstance(arg, bool) or not isinstance(arg, int):
+        return type(arg)
+    return (arg == 1, arg % 16 == 0)
+
+
+def _launch(kernel, grid: tuple, args: tuple, constexprs: dict, outputs: tuple[torch.Tensor, ...]) -> None:
+    """``kernel[grid](*args, **constexprs)``, via the compiled kernel's launcher once that is known to work."""
+    if _direct_disabled or INTERPRET:
+        kernel[grid](*args, **constexprs)
+        return
+    key = (kernel, tuple(constexprs.items()), tuple(_specialisation(a) for a in args))
+    launcher = _direct_launchers.get(key)
+    if launcher:
+        launcher[grid](*args)
+        return
+    if launcher is False:  # no direct convention worked for this specialisation
+        kernel[grid](*args, **constexprs)
+        return
+    compiled = kernel[grid](*args, **constexprs)
+    expected = [out.clone() for out in outputs]
+    _direct_launchers[key] = False
+    for convention in ("all arguments", "runtime arguments"):
+        full = args + tuple(constexprs.values()) if convention == "all arguments" else args
+        try:
+            compiled[grid](*full)
+        except Exception:  # noqa: BLE001 - a convention this Triton version does not use
+            continue
+        if all(torch.equal(out, want) for out, want in zip(outputs, expected)):
+            _direct_launchers[key] = _Launcher(compiled, len(full) - len(args), constexprs)
+            return
+        for out, want in zip(outputs, expected):
+            out.copy_(want)
+    return
+
+
+class _Launcher:
+    """A compiled kernel plus how many constexpr values its launcher takes after the runtime arguments."""
+
+    def __init__(self, compiled, extra: int, constexprs: dict):
+        self.compiled = compiled
+        self.tail = tuple(constexprs.values())[:extra] if extra else ()
+
+    def __getitem__(self, grid):
+        runner = self.compiled[grid]
+        tail = self.tail
+        return lambda *args: runner(*args, *tail)
 
 
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
@@ -246,7 +308,8 @@ def cast_and_sumsq(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = torch.empty((rows, width), dtype=torch.float32, device=x.device)
     sumsq = torch.empty((rows,), dtype=torch.float32, device=x.device)
     if rows:
-        _cast_and_sumsq_kernel[(rows,)](x, out, sumsq, width, BLOCK_D=min(2048, triton.next_power_of_2(width)))
+        _launch(_cast_and_sumsq_kernel, (rows,), (x, out, sumsq, width),
+                {"BLOCK_D": min(2048, triton.next_power_of_2(width))}, (out, sumsq))
     return out, sumsq
 
 
@@ -258,9 +321,11 @@ def gate_forward(a_raw, sumsq, gram, rho_k, rho_s, k0, s0, variant, scaling, the
     block_t, block_r = _rank_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
-        _gate_forward_kernel[(triton.cdiv(rows, block_t),)](
-            a_raw, sumsq, gram, rho_k, rho_s, z, nm, rows, rank, float(k0), float(s0), float(scaling), theta,
-            sinh_theta, VARIANT=VARIANT_IDS[variant], BLOCK_T=block_t, BLOCK_R=block_r,
+        _launch(
+            _gate_forward_kernel, (triton.cdiv(rows, block_t),),
+            (a_raw, sumsq, gram, rho_k, rho_s, z, nm, rows, rank, float(k0), float(s0), float(scaling), theta,
+             sinh_theta),
+            {"VARIANT": VARIANT_IDS[variant], "BLOCK_T": block_t, "BLOCK_R": block_r}, (z, nm),
         )
     return z, nm
 
@@ -274,9 +339,11 @@ def gate_backward(q, a_raw, nm, gram, rho_k, rho_s, k0, s0, variant, scaling, th
     block_t, block_r = _rank_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
-        _gate_backward_kernel[(triton.cdiv(rows, block_t),)](
-            q, a_raw, nm, gram, rho_k, rho_s, p, z, ab, w, partials, rows, rank, float(k0), float(s0),
-            float(scaling), theta, sinh_theta, VARIANT=VARIANT_IDS[variant], BLOCK_T=block_t, BLOCK_R=block_r,
+        _launch(
+            _gate_backward_kernel, (triton.cdiv(rows, block_t),),
+            (q, a_raw, nm, gram, rho_k, rho_s, p, z, ab, w, partials, rows, rank, float(k0), float(s0),
+             float(scaling), theta, sinh_theta),
+            {"VARIANT": VARIANT_IDS[variant], "BLOCK_T": block_t, "BLOCK_R": block_r}, (p, z, ab, w, partials),
         )
     return p, z, ab, w, partials
 
@@ -289,7 +356,6 @@ def row_axpy(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor, want_float_x: bo
     x_float = torch.empty((rows, width), dtype=torch.float32, device=x.device) if want_float_x else out
     block_d = min(1024, triton.next_power_of_2(width))
     if rows:
-        _row_axpy_kernel[(rows, triton.cdiv(width, block_d))](
-            y, x, w, out, x_float, width, WRITE_XF=want_float_x, BLOCK_D=block_d
-        )
+        _launch(_row_axpy_kernel, (rows, triton.cdiv(width, block_d)), (y, x, w, out, x_float, width),
+                {"WRITE_XF": want_float_x, "BLOCK_D": block_d}, (out, x_float))
     return out, (x_float if want_float_x else None)

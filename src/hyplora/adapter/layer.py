@@ -15,6 +15,30 @@ from . import functional as Fn
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
 
+class _ClipGrad(torch.autograd.Function):
+    """Identity in the forward pass; clamps the incoming gradient to ``[-bound, bound]`` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, value: torch.Tensor, bound: float) -> torch.Tensor:
+        ctx.bound = bound
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.clamp(-ctx.bound, ctx.bound), None
+
+
+def _autocast_off(device_type: str):
+    """A context that disables autocast where it is on (entering one costs more than the check)."""
+    if device_type not in _AUTOCAST_DEVICES:
+        return nullcontext()
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        enabled = True
+    return torch.autocast(device_type=device_type, enabled=False) if enabled else nullcontext()
+
+
 class HypLoraMergeError(ValueError):
     """Raised by merge-related calls: a HypLoRA branch is not a weight matrix."""
 
@@ -99,9 +123,7 @@ class HypLoraLinear(nn.Module, LoraLayer):
         if config.learn_curvature:
             start = float(config.curvature) if reference else 0.0
             self.lora_curvature[adapter_name] = nn.Parameter(torch.tensor([start], dtype=torch.float32, device=device))
-            if reference and config.variant == "lorentz":
-                # The released code clips this parameter's gradient to [-0.01, 0.01].
-                self.lora_curvature[adapter_name].register_hook(lambda grad: grad.clamp(-0.01, 0.01))
+            # compat="reference", "lorentz": its gradient is clipped to [-0.01, 0.01] in `hyperbolic_branch`
         uses_scale = not (reference and config.variant == "stereographic")
         if config.learn_feature_scale and uses_scale:
             start = float(feature_scale) if reference else 0.0
@@ -155,12 +177,7 @@ class HypLoraLinear(nn.Module, LoraLayer):
         A = self.lora_A[adapter_name].weight
         B = self.lora_B[adapter_name].weight
         dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
-        no_autocast = (
-            torch.autocast(device_type=x.device.type, enabled=False)
-            if x.device.type in _AUTOCAST_DEVICES
-            else nullcontext()
-        )
-        with no_autocast:
+        with _autocast_off(x.device.type):
             # x keeps its dtype: the fast path casts it inside (and saves it uncast for backward).
             x = self.lora_dropout[adapter_name](x)
             A, B = A.to(dtype), B.to(dtype)
@@ -178,7 +195,11 @@ class HypLoraLinear(nn.Module, LoraLayer):
                 x = x.to(dtype)  # the released code computes in float32
                 if settings["variant"] == "lorentz":
                     raw_k = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
-                    raw_k = raw_k.to(dtype) if raw_k is not None else self._constant(settings["curvature"], x)
+                    # The released code clips this parameter's gradient to [-0.01, 0.01]. Done in the graph, not by a
+                    # hook on the Parameter: FSDP and ZeRO-3 swap the Parameter for sharded/gathered copies (and
+                    # deepcopy drops tensor hooks), which would silently lose the clip.
+                    raw_k = (_ClipGrad.apply(raw_k.to(dtype), 0.01) if raw_k is not None
+                             else self._constant(settings["curvature"], x))
                     s = self.feature_scale(adapter_name).to(dtype)
                     return Fn.reference_lorentz_branch(x, A, B, raw_k, s, scaling)
                 return Fn.reference_stereographic_branch(x, A, B, K, scaling)

@@ -1,0 +1,138 @@
+"""Host-side cost of one adapted layer: microseconds per call, HypLoRA against stock peft LoRA.
+
+At the sizes of issue 6 a training step is bound by the CPU that issues kernels, not by the GPU (the step's GPU
+busy time is well below its wall time), so what a layer costs is mostly Python and launch overhead. This
+script isolates it: one ``nn.Linear`` (d_in = d_out = 4096, bf16) with an adapter, forward + backward (and
+no-grad forward, as in decoding) called many times back to back on few tokens, so that the GPU never limits;
+the time per call is then the host's. Also the raw cost of one aten operation and of one Triton launch
+through Triton's regular path and through the compiled kernel's launcher (what `hyplora.adapter.kernels`
+uses once it has checked it).
+
+    python benchmarks/layer_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from _common import device_name, synchronize, versions_line, write_json_atomic
+
+
+def per_call_us(fn, device, calls: int, repeats: int) -> tuple[float, float, float]:
+    for _ in range(10):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(samples), min(samples), max(samples)
+
+
+def layer(method: str, d: int, rank: int, device, dtype):
+    import peft
+    import torch.nn as nn
+
+    from hyplora import HypLoraConfig
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(d, d, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    base = One().to(device=device, dtype=dtype)
+    if method == "lora":
+        config = peft.LoraConfig(r=rank, lora_alpha=64, target_modules=["proj"])
+    else:
+        config = HypLoraConfig(r=rank, lora_alpha=128, target_modules=["proj"], variant=method)
+    model = peft.get_peft_model(base, config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.01)
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d", type=int, default=4096)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--tokens", default="1,64", help="comma-separated token counts")
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    print(f"device: {device_name(device)} | {versions_line()}")
+    from hyplora.adapter import kernels
+
+    rows = []
+
+    def record(what, tokens, stats):
+        rows.append({"what": what, "tokens": tokens, "median_us": stats[0], "min_us": stats[1], "max_us": stats[2]})
+        print(f"| {what} | {tokens} | {stats[0]:.1f} | {stats[1]:.1f}-{stats[2]:.1f} |", flush=True)
+
+    print("| what | tokens | us per call (median) | min-max |\n|---|---:|---:|---:|")
+    small = torch.zeros(16, device=device)
+    record("one aten op (add_ on 16 floats)", 16, per_call_us(lambda: small.add_(1.0), device, args.calls * 5,
+                                                             args.repeats))
+    if device.type == "cuda" and kernels.triton is not None:
+        x = torch.randn(4, 64, device=device, dtype=dtype)
+
+        def regular():
+            kernels._direct_disabled = True
+            kernels.cast_and_sumsq(x)
+
+        def direct():
+            kernels._direct_disabled = False
+            kernels.cast_and_sumsq(x)
+
+        record("Triton launch, regular path (cast_and_sumsq)", 4, per_call_us(regular, device, args.calls, args.repeats))
+        record("Triton launch, compiled launcher (cast_and_sumsq)", 4, per_call_us(direct, device, args.calls,
+                                                                                   args.repeats))
+    settings = [("lora", {}), ("lorentz", {}), ("stereographic", {}), ("lorentz-full", {})]
+    if device.type == "cuda":
+        settings += [("lorentz", {"direct": False}), ("lorentz", {"HYPLORA_TRITON": "0"})]
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        for method, options in settings:
+            model = layer(method, args.d, args.rank, device, dtype)
+            x = torch.randn(1, tokens, args.d, device=device, dtype=dtype, requires_grad=True)
+            label = method + "".join(f" ({k}={v})" for k, v in options.items())
+            previous = os.environ.get("HYPLORA_TRITON")
+            if "HYPLORA_TRITON" in options:
+                os.environ["HYPLORA_TRITON"] = options["HYPLORA_TRITON"]
+            kernels._direct_disabled = not options.get("direct", True)
+
+            def train_call():
+                model(x).float().sum().backward()
+
+            def infer_call():
+                with torch.no_grad():
+                    model(x)
+
+            record(f"{label}: forward + backward", tokens, per_call_us(train_call, device, args.calls, args.repeats))
+            record(f"{label}: no-grad forward", tokens, per_call_us(infer_call, device, args.calls, args.repeats))
+            kernels._direct_disabled = False
+            if previous is None:
+                os.environ.pop("HYPLORA_TRITON", None)
+            else:
+                os.environ["HYPLORA_TRITON"] = previous
+            del model
+    if args.json:
+        write_json_atomic(args.json, {"device": device_name(device), "versions": versions_line(), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
