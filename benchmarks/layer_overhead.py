@@ -4,9 +4,8 @@ At the sizes of issue 6 a training step is bound by the CPU that issues kernels,
 busy time is well below its wall time), so what a layer costs is mostly Python and launch overhead. This
 script isolates it: one ``nn.Linear`` (d_in = d_out = 4096, bf16) with an adapter, forward + backward (and
 no-grad forward, as in decoding) called many times back to back on few tokens, so that the GPU never limits;
-the time per call is then the host's. Also the raw cost of one aten operation and of one Triton launch
-through Triton's regular path and through the compiled kernel's launcher (what `hyplora.adapter.kernels`
-uses once it has checked it).
+the time per call is then the host's. Also the raw cost of one aten operation and of one Triton launch, from
+the main thread and from inside a backward (autograd's device thread).
 
     python benchmarks/layer_overhead.py
 """
@@ -89,22 +88,42 @@ def main() -> None:
     record("one aten op (add_ on 16 floats)", 16, per_call_us(lambda: small.add_(1.0), device, args.calls * 5,
                                                              args.repeats))
     if device.type == "cuda" and kernels.triton is not None:
-        x = torch.randn(4, 64, device=device, dtype=dtype)
+        # One Triton launch (the gate kernel on 4 tokens) from the main thread, and inside a backward, which
+        # autograd runs on its device thread, against one torch operation there.
+        a_raw = torch.randn(4, 32, device=device)
+        norm_x = a_raw.norm(dim=-1)
+        gram = torch.eye(32, device=device)
+        zero = torch.zeros(1, device=device)
 
-        def regular():
-            kernels._direct_disabled = True
-            kernels.cast_and_sumsq(x)
+        def launch():
+            kernels.gate_forward(a_raw, norm_x, gram, zero, zero, 1.0, 1.0, "lorentz", 1.0, 12.0, True)
 
-        def direct():
-            kernels._direct_disabled = False
-            kernels.cast_and_sumsq(x)
+        record("Triton launch from the main thread (gate_forward)", 4, per_call_us(launch, device, args.calls,
+                                                                                    args.repeats))
 
-        record("Triton launch, regular path (cast_and_sumsq)", 4, per_call_us(regular, device, args.calls, args.repeats))
-        record("Triton launch, compiled launcher (cast_and_sumsq)", 4, per_call_us(direct, device, args.calls,
-                                                                                   args.repeats))
+        def in_backward(body):
+            class Probe(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, v):
+                    return v * 2
+
+                @staticmethod
+                def backward(ctx, grad):
+                    body()
+                    return grad * 2
+
+            v = torch.ones(8, device=device, requires_grad=True)
+            return lambda: Probe.apply(v).sum().backward()
+
+        record("backward of a custom Function doing nothing", 8,
+               per_call_us(in_backward(lambda: None), device, args.calls, args.repeats))
+        record("... doing one torch operation", 8,
+               per_call_us(in_backward(lambda: small.add_(1.0)), device, args.calls, args.repeats))
+        record("... doing one Triton launch (gate_forward)", 8,
+               per_call_us(in_backward(launch), device, args.calls, args.repeats))
     settings = [("lora", {}), ("lorentz", {}), ("stereographic", {}), ("lorentz-full", {})]
     if device.type == "cuda":
-        settings += [("lorentz", {"direct": False}), ("lorentz", {"HYPLORA_TRITON": "0"})]
+        settings += [("lorentz", {"HYPLORA_TRITON": "0"})]
     for tokens in [int(t) for t in args.tokens.split(",")]:
         for method, options in settings:
             model = layer(method, args.d, args.rank, device, dtype)
@@ -113,7 +132,6 @@ def main() -> None:
             previous = os.environ.get("HYPLORA_TRITON")
             if "HYPLORA_TRITON" in options:
                 os.environ["HYPLORA_TRITON"] = options["HYPLORA_TRITON"]
-            kernels._direct_disabled = not options.get("direct", True)
 
             def train_call():
                 model(x).float().sum().backward()
@@ -124,7 +142,6 @@ def main() -> None:
 
             record(f"{label}: forward + backward", tokens, per_call_us(train_call, device, args.calls, args.repeats))
             record(f"{label}: no-grad forward", tokens, per_call_us(infer_call, device, args.calls, args.repeats))
-            kernels._direct_disabled = False
             if previous is None:
                 os.environ.pop("HYPLORA_TRITON", None)
             else:

@@ -179,99 +179,89 @@ _GATES = {"lorentz": _lorentz_gates, "stereographic": _stereographic_gates}
 GATED_VARIANTS = frozenset(_GATES)
 
 
-def _gated_forward(x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
-    """The branch and what its backward needs: ``(out, a_raw, (n, m) per token, B^T B, fused?)``."""
+def _gate_coefficients(n, m, K, s, variant: str, scaling: float, theta_max: float, with_coefficients: bool):
+    """Per token (keepdim): ``c G / s``, and for the backward, with ``c = scaling``, the columns of
+
+        [c G / s,  k_m = c dG/dm / (m s^3),  k_n = c dG/dn / (n s^3),  k_K = c K dG/dK / s,
+         k_s = -(c G / s + k_m m^2 s^2 + c dG/dn n / s)]
+
+    (what `kernels.gate_forward` computes in one kernel). ``n = |x| / s``, ``m = |B A x| / s``.
+    """
+    gates = _GATES[variant](n, m, K, theta_max, derivatives=with_coefficients)
+    cG_s = scaling * gates[0] / s
+    if not with_coefficients:
+        return cG_s, None
+    _, dG_dn, dG_dm, dG_dK = gates
+    s3 = s * s * s
+    k_m = scaling * dG_dm / (m * s3)
+    k_n = scaling * dG_dn / (n.clamp_min(1e-30) * s3)
+    k_K = scaling * K * dG_dK / s
+    k_s = -(cG_s + k_m * m * m * s * s + scaling * dG_dn * n / s)
+    return cG_s, torch.cat([cG_s, k_m, k_n, k_K, k_s], dim=-1)
+
+
+def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float, with_coefficients):
+    """``(branch, Z, a_raw, coefficients, B^T B)`` with ``a_raw = x A^T`` and ``Z = c G a`` (rank-sized)."""
     shape = x.shape
-    x2 = x.reshape(-1, shape[-1])
-    fused = kernels.usable(x2, A, variant)
-    if fused:
-        x_cast, sumsq = kernels.cast_and_sumsq(x2)
-        a_raw = x_cast @ A.t()
-        del x_cast
-        gram = B.t() @ B
-        z, nm = kernels.gate_forward(a_raw, sumsq, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+    x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
+    a_raw = x_cast @ A.t()
+    norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
+    gram = B.t() @ B
+    if kernels.usable(x_cast, A, variant):
+        z, coef = kernels.gate_forward(
+            a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients
+        )
     else:
-        x_cast = x2.to(A.dtype)
-        a_raw = x_cast @ A.t()
-        gram = B.t() @ B
         K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
-        a = a_raw / s
-        n = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True) / s
-        m = _gram_norm(a, gram)
-        G = _GATES[variant](n, m, K, theta_max, derivatives=False)[0]
-        z = a * (scaling * G)
-        nm = torch.cat([n, m], dim=-1)
+        n = norm_x.unsqueeze(-1) / s
+        m = _gram_norm(a_raw, gram) / s
+        cG_s, coef = _gate_coefficients(n, m, K, s, variant, scaling, theta_max, with_coefficients)
+        z = a_raw * cG_s
     out = z @ B.t()
-    return out.reshape(*shape[:-1], B.shape[0]), a_raw, nm, gram, fused
+    return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram
 
 
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
     ``K = k0 exp(rho_k)`` and ``s = s0 exp(rho_s)`` (the layer's parameterisation; gradients go to the rhos).
-    One autograd node per layer, like LoRA's two matmuls: the backward is written out, so that it costs
-    LoRA's three matmuls plus rank-sized work, and only x (in its own dtype), ``a_raw = x A^T`` (rank-sized),
-    ``B^T B`` and per-token ``(n, m)`` are saved. On CUDA the per-token work runs in the Triton kernels of
-    `kernels`; elsewhere (or with ``HYPLORA_TRITON=0``) the same formulas run as torch operations.
+    One autograd node per layer, like LoRA's two matmuls. The forward also computes five per-token
+    coefficients (`_gate_coefficients`; on CUDA in the Triton kernel of `kernels`), so that the backward is
+    LoRA's three matmuls plus a few rank-sized torch operations; only x (in its own dtype), ``a_raw = x A^T``
+    and ``Z`` (rank-sized), ``B^T B`` and the coefficients are saved.
     """
 
     @staticmethod
     def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
-        out, a_raw, nm, gram, fused = _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
-        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, nm, gram)
-        ctx.settings = (k0, s0, variant, scaling, theta_max, fused)
+        out, z, a_raw, coef, gram = _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
+        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, z, coef, gram)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        # With q = dL/dZ B, per token:  dL/dG = c <q, a>,  dL/dn = dL/dG dG/dn,  beta = dL/dG dG/dm / m,
-        # dL/da = c G q + beta (B^T B) a,  P = dL/da / s (= dL/d a_raw),  w = dL/dn / (n s^2);  then
-        # dL/dx = P A + w x,  dL/dA = P^T x,  dL/dB = grad_out^T Z + B (a^T diag(beta) a),
-        # dL/d rho_k = K sum dL/dG dG/dK,  dL/d rho_s = s dL/ds = -sum (<dL/da, a> + dL/dn n).
-        x, A, B, rho_k, rho_s, a_raw, nm, gram = ctx.saved_tensors
-        k0, s0, variant, c, theta_max, fused = ctx.settings
+        # Per token, with q = grad_out B and qa = <q, a_raw> (dL/dG = c qa / s):
+        #   P = dL/d a_raw = (c G / s) q + qa k_m (B^T B) a_raw,   w = qa k_n,
+        #   dL/dx = P A + w x,   dL/dA = P^T x,   dL/dB = grad_out^T Z + B (a_raw^T diag(qa k_m) a_raw),
+        #   dL/d rho_k = sum qa k_K,   dL/d rho_s = sum qa k_s.
+        x, A, B, rho_k, rho_s, a_raw, z, coef, gram = ctx.saved_tensors
         shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
+        x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
         grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
         q = grad_out @ B
-        if fused:
-            p, z, ab, w, partials = kernels.gate_backward(
-                q, a_raw, nm, gram, rho_k, rho_s, k0, s0, variant, c, theta_max
-            )
-            grad_rho = partials.sum(dim=0)
-        else:
-            K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
-            a = a_raw / s
-            n, m = nm[:, :1], nm[:, 1:]
-            G, dG_dn, dG_dm, dG_dK = _GATES[variant](n, m, K, theta_max)
-            dL_dG = c * (q * a).sum(dim=-1, keepdim=True)
-            dL_dn = dL_dG * dG_dn
-            beta = dL_dG * dG_dm / m
-            dL_da = (c * G) * q + beta * (a @ gram)
-            p = dL_da / s
-            z = a * (c * G)
-            ab = a * (beta / s)
-            w = (dL_dn / (n.clamp_min(1e-30) * s * s)).squeeze(-1)
-            grad_rho = torch.stack([(dL_dG * dG_dK).sum() * K.squeeze(), -((dL_da * a).sum() + (dL_dn * n).sum())])
+        scaled = torch.linalg.vecdot(q, a_raw).unsqueeze(-1) * coef  # qa times each coefficient
+        beta = scaled[:, 1:2]
+        p = torch.addcmul(q * coef[:, :1], beta, a_raw @ gram)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        want_x, want_A = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        x_float = None
-        if want_x:
-            if fused:
-                grad_x, x_float = kernels.row_axpy(p @ A, x2, w, want_float_x=want_A)
-            else:
-                grad_x = (p @ A + x2.to(A.dtype) * w.unsqueeze(-1)).to(x.dtype)
-            grad_x = grad_x.reshape(shape)
-        if want_A:
-            if x_float is None:
-                x_float = x2.to(A.dtype)
-            grad_A = p.t() @ x_float
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addcmul(p @ A, x_cast, scaled[:, 2:3]).to(x.dtype).reshape(shape)
+        if ctx.needs_input_grad[1]:
+            grad_A = p.t() @ x_cast
         if ctx.needs_input_grad[2]:
-            grad_B = torch.addmm(B @ (ab.t() @ a_raw), grad_out.t(), z)
-        if ctx.needs_input_grad[3]:
-            grad_rho_k = grad_rho[:1].reshape(rho_k.shape).to(rho_k.dtype)
-        if ctx.needs_input_grad[4]:
-            grad_rho_s = grad_rho[1:].reshape(rho_s.shape).to(rho_s.dtype)
+            grad_B = torch.addmm(B @ ((a_raw * beta).t() @ a_raw), grad_out.t(), z)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            grad_rho = scaled[:, 3:].sum(dim=0)
+            grad_rho_k = grad_rho[0].reshape(rho_k.shape).to(rho_k.dtype)
+            grad_rho_s = grad_rho[1].reshape(rho_s.shape).to(rho_s.dtype)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
@@ -317,7 +307,7 @@ def gated_branch(
     parameterisation, which the kernels evaluate themselves)."""
     if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, rho_k, rho_s)):
         # inference (decoding): the same computation without an autograd node
-        return _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)[0]
+        return _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max, False)[0]
     return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
 
 
