@@ -59,9 +59,9 @@ def _env() -> dict:
     return env
 
 
-def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(cmd: list, cwd: Path, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT)
+                          timeout=timeout)
     assert done.returncode == 0, f"{cmd[:6]} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
 
@@ -85,12 +85,13 @@ def _assert_close(got: dict, expected: dict, rtol=1e-5, atol=1e-6) -> None:
         torch.testing.assert_close(got[key], expected[key], rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
 
 
-def _train_in_workers(launch: list, tmp_path: Path, overrides: dict, **spec) -> tuple[Path, Path]:
+def _train_in_workers(launch: list, tmp_path: Path, overrides: dict, timeout: int = TIMEOUT,
+                      **spec) -> tuple[Path, Path]:
     out, dumps = tmp_path / "run", tmp_path / "dumps"
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps({"overrides": {**overrides, "output_dir": str(out)}, "dump_dir": str(dumps),
                                      **spec}), encoding="utf-8")
-    _run([*launch, WORKER, "train", spec_path], cwd=tmp_path)
+    _run([*launch, WORKER, "train", spec_path], cwd=tmp_path, timeout=timeout)
     return out, dumps
 
 
@@ -205,7 +206,9 @@ def test_fsdp_accelerate_launch_matches_one_process(tiny_model_dir, single_proce
     is the single-process one, in the same format, and loads on CPU."""
     overrides = {**RUN, "model": tiny_model_dir, "batch_size": GLOBAL_BATCH // 2, "gradient_accumulation_steps": 1,
                  "save_steps": 2}
-    out, dumps = _train_in_workers(_accelerate_launch("fsdp.yaml"), tmp_path, overrides, force_fsdp_on_cpu=True)
+    # (a short timeout: until trainer.py is changed, rank 0's lone collective fails at once, but could also hang)
+    out, dumps = _train_in_workers(_accelerate_launch("fsdp.yaml"), tmp_path, overrides, timeout=120,
+                                   force_fsdp_on_cpu=True)
     meta = _check_ranks_and_saved_adapter(out, dumps, single_process)
     assert meta["distributed_type"] == "FSDP" and meta["sharded"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
@@ -238,3 +241,82 @@ def test_deepspeed_configs_launch(tmp_path, stage):
         assert "ACCELERATE_GRADIENT_ACCUMULATION_STEPS" not in env  # left to hyplora train's --grad-accum
     if stage == 3:
         assert envs[0]["ACCELERATE_DEEPSPEED_ZERO3_SAVE_16BIT_MODEL"] == "true"
+
+
+# ------------------------------------------------------------------------------- benchmarks/multi_gpu.py
+BENCHMARK = ROOT / "benchmarks" / "multi_gpu.py"
+
+
+def _math_data(root: Path) -> Path:
+    """A small stand-in for the math training set (GSM8K + MAWPS train files) in the shared data format."""
+    (root / "train").mkdir(parents=True)
+    with open(root / "train" / "gsm8k_train.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(40):
+            handle.write(json.dumps({"question": f"Tom has {i} apples and buys 3 more. How many apples has he?",
+                                     "answer": f"He has {i} + 3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}"}) + "\n")
+    (root / "train" / "mawps_raw.json").write_text(json.dumps([
+        {"id": i, "original_text": f"Sara had {i} pens and lost 2. How many pens are left?",
+         "segmented_text": f"Sara had {i} pens and lost 2 . How many pens are left ?", "equation": f"X=({i}.0-2.0)",
+         "ans": float(i - 2)} for i in range(2, 42)]), encoding="utf-8")
+    return root
+
+
+def _benchmark_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("multi_gpu_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_multi_gpu_benchmark_plan_and_argument_errors(tiny_model_dir, tmp_path, capsys):
+    main = _benchmark_main()
+    data = _math_data(tmp_path / "data")
+    common = ["--model", tiny_model_dir, "--data-dir", str(data), "--out-dir", str(tmp_path / "out")]
+    assert main([*common, "--dry-run", "--gpus", "4", "--steps", "50", "--warmup", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert [line.split("]")[0] for line in printed.splitlines() if line.startswith("[")] == ["[1gpu", "[ddp", "[fsdp"]
+    assert "CUDA_VISIBLE_DEVICES=" in printed
+    for config in ("ddp.yaml", "fsdp.yaml"):
+        assert f"--config_file {CONFIGS / config} --num_processes 4" in printed
+    assert "global batch 16\n" in printed and "global batch 64\n" in printed
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+    for argv, message in [
+        ([*common[:2], "--data-dir", str(data)], "missing --out-dir"),
+        ([*common, "--runs", "1gpu,zero3"], "unknown run(s) zero3"),
+        ([*common, "--steps", "10", "--warmup", "9"], "--warmup (9) must be below"),
+        ([*common, "--gpus", "1"], "--gpus must be >= 2"),
+        (["--model", str(tmp_path / "nope.gguf"), *common[2:]], "no such file or directory"),
+        ([*common[:2], "--data-dir", str(tmp_path), *common[4:]], "lacks train/gsm8k_train.jsonl"),
+        ([*common, "--dedup"], "lacks test"),
+    ]:
+        assert main([*argv, "--dry-run"]) == 2, argv
+        assert message in capsys.readouterr().err
+    if torch.cuda.device_count() < 2:
+        assert main(common) == 2
+        assert "need 2 GPU(s)" in capsys.readouterr().err
+
+
+def test_multi_gpu_benchmark_cpu_smoke(tiny_model_dir, tmp_path):
+    """The whole benchmark on the CPU (one process, then DDP over 2 gloo processes): it times the steps, reloads
+    each adapter on the CPU and writes its JSON and markdown reports."""
+    out = tmp_path / "out"
+    _run([sys.executable, BENCHMARK, "--model", tiny_model_dir, "--data-dir", _math_data(tmp_path / "data"),
+          "--out-dir", out, "--cpu-smoke-test", "--runs", "1gpu,ddp", "--steps", "6", "--warmup", "1",
+          "--batch-size", "2", "--cutoff-len", "128", "--precision", "fp32"], cwd=tmp_path)
+    report = json.loads((out / "multi_gpu.json").read_text())
+    runs = {r["run"]: r for r in report["runs"]}
+    assert sorted(runs) == ["1gpu", "ddp"]
+    assert runs["1gpu"]["distributed_type"] == "NO" and runs["ddp"]["distributed_type"] == "MULTI_CPU"
+    assert runs["1gpu"]["throughput"]["global_batch"] == 2 and runs["ddp"]["throughput"]["global_batch"] == 4
+    for r in runs.values():
+        assert r["returncode"] == 0 and r["throughput"]["timed_steps"] == 4 and r["throughput"]["samples_per_s"] > 0
+        assert r["reload"]["ok"] and r["reload"]["tensors_equal_file"] and r["reload"]["hyplora_scalars"] == 20
+    assert runs["ddp"]["reload"]["same_format_as_1gpu"] and runs["ddp"]["scaling"] > 0
+    table = (out / "multi_gpu.md").read_text()
+    assert "| ddp | 2 | MULTI_CPU | 4 |" in table and "1.00x (baseline)" in table
+    with pytest.raises(subprocess.CalledProcessError):  # a second run into the same directory is refused
+        subprocess.run([sys.executable, str(BENCHMARK), "--model", tiny_model_dir, "--data-dir",
+                        str(tmp_path / "data"), "--out-dir", str(out), "--dry-run"], check=True, capture_output=True)
