@@ -80,6 +80,8 @@ def _dump_callback(dump_dir: Path):
             from safetensors.torch import save_file
             from torch.distributed.tensor import DTensor
 
+            from torch.distributed.fsdp import FSDPModule
+
             tensors, sharded = {}, False
             for name, param in model.named_parameters():
                 if param.requires_grad:
@@ -94,6 +96,7 @@ def _dump_callback(dump_dir: Path):
                 "world_size": args.world_size,
                 "distributed_type": AcceleratorState().distributed_type.value,
                 "sharded": sharded,
+                "fsdp_units": sorted({type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)}),
                 "global_step": state.global_step,
             })
 

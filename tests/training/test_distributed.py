@@ -158,7 +158,7 @@ def test_ddp_accelerate_launch_matches_one_process(tiny_model_dir, single_proces
     overrides = {**RUN, "model": tiny_model_dir, "batch_size": GLOBAL_BATCH // 2, "gradient_accumulation_steps": 1}
     out, dumps = _train_in_workers(_accelerate_launch("ddp.yaml"), tmp_path, overrides)
     meta = _check_ranks_and_saved_adapter(out, dumps, single_process)
-    assert meta["distributed_type"] == "MULTI_CPU" and not meta["sharded"]
+    assert meta["distributed_type"] == "MULTI_CPU" and not meta["sharded"] and not meta["fsdp_units"]
     _check_loads_on_cpu(out / "adapter", single_process, tiny_model_dir)
 
 
@@ -211,6 +211,7 @@ def test_fsdp_accelerate_launch_matches_one_process(tiny_model_dir, single_proce
                                    force_fsdp_on_cpu=True)
     meta = _check_ranks_and_saved_adapter(out, dumps, single_process)
     assert meta["distributed_type"] == "FSDP" and meta["sharded"]
+    assert "FSDPLlamaDecoderLayer" in meta["fsdp_units"]  # one unit per decoder layer, from _no_split_modules
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     _check_loads_on_cpu(out / "adapter", single_process, tiny_model_dir)
 
