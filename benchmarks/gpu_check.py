@@ -62,8 +62,9 @@ def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch
     gen = torch.Generator().manual_seed(1)
     d_in, d_out, r, tokens = 4096, 14336, 32, 1000
     x = (torch.randn(tokens, d_in, generator=gen) * torch.logspace(-3, 1.5, tokens)[:, None]).to(x_dtype).to(device)
-    A = (torch.randn(r, d_in, generator=gen) / d_in**0.5).to(device)
-    B = (torch.randn(d_out, r, generator=gen) / r**0.5).to(device)
+    full = variant == "lorentz-full"
+    A = (torch.randn(r, d_in + full, generator=gen) / d_in**0.5).to(device)
+    B = (torch.randn(d_out, r + full, generator=gen) / r**0.5).to(device)
     rho_k, rho_s = torch.tensor([0.2], device=device), torch.tensor([-0.1], device=device)
     upstream = torch.randn(tokens, d_out, generator=gen).to(device)
 
@@ -98,7 +99,7 @@ def main() -> int:
               + ("  OK" if worst <= TOLERANCE else "  FAIL"))
     if device.type == "cuda":
         print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x:")
-        for variant in ["lorentz", "stereographic"]:
+        for variant in ["lorentz", "stereographic", "lorentz-full"]:
             for x_dtype in (torch.bfloat16, torch.float32):
                 errors = check_fused_against_eager(variant, device, x_dtype)
                 # grad x of a bf16 input is rounded to bf16 on both sides, possibly differently

@@ -1,4 +1,4 @@
-"""The Triton fast path of the gated branches, run on the CPU through Triton's interpreter.
+"""The Triton fast path of every variant, run on the CPU through Triton's interpreter.
 
 The same kernels compile for the GPU (checked there by benchmarks/gpu_check.py); here they must agree with
 the eager torch path, which the other adapter tests hold to the float64 step-by-step reference, and with that
@@ -28,11 +28,12 @@ def interpreted(monkeypatch):
     return kernels
 
 
-def _inputs(rows, d_in, d_out, rank, x_scale, dtype=torch.float32, seed=0):
+def _inputs(rows, d_in, d_out, rank, x_scale, dtype=torch.float32, seed=0, variant="lorentz"):
+    full = variant == "lorentz-full"  # A reads (d_in + 1)-points, B (rank + 1)-points
     g = torch.Generator().manual_seed(seed)
     x = (torch.randn(rows, d_in, generator=g) * x_scale).to(dtype)
-    A = torch.randn(rank, d_in, generator=g) / math.sqrt(d_in)
-    B = torch.randn(d_out, rank, generator=g) * 0.3
+    A = torch.randn(rank, d_in + full, generator=g) / math.sqrt(d_in)
+    B = torch.randn(d_out, rank + full, generator=g) * 0.3
     rho_k = torch.tensor([0.3])
     rho_s = torch.tensor([-0.2])
     return tuple(t.to(DEVICE) for t in (x, A, B, rho_k, rho_s))
@@ -63,11 +64,14 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+VARIANTS = ["lorentz", "stereographic", "lorentz-full"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("case", CASES)
 def test_triton_path_matches_eager_path(interpreted, monkeypatch, variant, case):
     rows, d_in, d_out, rank, x_scale, k0, s0, theta_max = case
-    inputs = _inputs(rows, d_in, d_out, rank, x_scale)
+    inputs = _inputs(rows, d_in, d_out, rank, x_scale, variant=variant)
     assert kernels.usable(inputs[0], inputs[1], variant)
     fused_out, fused_grads = _run(variant, *inputs, k0, s0, theta_max)
     monkeypatch.setenv("HYPLORA_TRITON", "0")
@@ -81,9 +85,9 @@ def test_triton_path_matches_eager_path(interpreted, monkeypatch, variant, case)
         _close(got, want, 5e-5, f"grad {name}", floor=floor if name.startswith("rho") else 1e-12)
 
 
-@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_triton_path_matches_float64_literal_reference(interpreted, variant):
-    x, A, B, rho_k, rho_s = _inputs(40, 32, 24, 8, 1.0)
+    x, A, B, rho_k, rho_s = _inputs(40, 32, 24, 8, 1.0, variant=variant)
     x = x * torch.logspace(-3, 1, 40, device=DEVICE)[:, None]  # radii from the series regime to past the caps
     k0, s0, scaling, theta_max = 1.3, 3.0, 2.0, 6.0
     fused_out, fused_grads = _run(variant, x, A, B, rho_k, rho_s, k0, s0, theta_max, scaling)
@@ -123,8 +127,10 @@ def test_zero_rows_and_zero_inputs_stay_finite(interpreted):
 def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
     x, A, _, _, _ = _inputs(4, 16, 8, 4, 1.0)
     assert kernels.usable(x, A, "lorentz")
-    assert not kernels.usable(x, A, "lorentz-full")
+    assert kernels.usable(x, A, "lorentz-full")
+    assert not kernels.usable(x, A, "lorentz-fuller")
     assert not kernels.usable(x, A.double(), "lorentz")
     assert not kernels.usable(x, torch.zeros(kernels.MAX_RANK + 1, 16, device=DEVICE), "lorentz")
+    assert not kernels.usable(x, torch.zeros(kernels.MAX_RANK, 17, device=DEVICE), "lorentz-full")
     monkeypatch.setattr(kernels, "triton", None)
     assert not kernels.usable(x, A, "lorentz")

@@ -35,8 +35,6 @@ Both gates tend to 2 and 1/2 at the origin, so every variant starts as LoRA for 
 from __future__ import annotations
 
 import math
-import os
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -57,33 +55,6 @@ def _matmul_t(x: Tensor, weight: Tensor) -> Tensor:
 # |B z| = sqrt(z^T (B^T B) z) without materialising B z. So the only passes over d-sized activations are the
 # two matmuls LoRA does anyway plus one norm of x, and the only saved d-sized tensor is x itself, in its own
 # dtype (the custom function below recasts it in backward instead of keeping a float32 copy alive).
-
-
-class _ProjectAndNorm(torch.autograd.Function):
-    """``(x A^T, |x|)`` computed in A's dtype from an input of any float dtype; saves x as given."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, A: Tensor):
-        x_cast = x.to(A.dtype)
-        projected = x_cast @ A.t()
-        norm = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True)
-        ctx.save_for_backward(x, A, norm)
-        return projected, norm
-
-    @staticmethod
-    def backward(ctx, grad_projected: Tensor, grad_norm: Tensor):
-        x, A, norm = ctx.saved_tensors
-        x_cast = x.to(A.dtype)
-        grad_x = grad_A = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_projected @ A
-            if grad_norm is not None:
-                # d|x|/dx = x / |x|, and 0 at x = 0 (where x itself is 0)
-                grad_x = grad_x + x_cast * (grad_norm / norm.clamp_min(1e-30))
-            grad_x = grad_x.to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_A = grad_projected.reshape(-1, A.shape[0]).t() @ x_cast.reshape(-1, A.shape[1])
-        return grad_x, grad_A
 
 
 def _gram_norm(z: Tensor, gram: Tensor) -> Tensor:
@@ -176,7 +147,7 @@ def _stereographic_gates(norm_u: Tensor, m: Tensor, K: Tensor, theta_max: float,
 
 
 _GATES = {"lorentz": _lorentz_gates, "stereographic": _stereographic_gates}
-GATED_VARIANTS = frozenset(_GATES)
+GATED_VARIANTS = frozenset([*_GATES, "lorentz-full"])
 
 
 def _gate_coefficients(n, m, K, s, variant: str, scaling: float, theta_max: float, with_coefficients: bool):
@@ -265,60 +236,134 @@ class _GatedLowRank(torch.autograd.Function):
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
-def _lorentz_full_rank_space(projected, norm_x, K, s, gram, scaling: float, theta_max: float, A_time) -> Tensor:
+def _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling: float, theta_max: float, with_coefficients):
+    """"lorentz-full" in rank space: ``(Z, terms)`` with ``Z = scaling g2 P`` for the (r + 1)-point ``P``.
+
+    With ``n = |x| / s``, ``theta = n / sqrt(K)``, ``c = min(theta, theta_max)``, ``g1 = sinh(c) / theta``:
+
+        h = a_raw g1 / s + sqrt(K) cosh(c) a_time,   P = (sqrt(K + |h|^2), h),
+        m = |B P| = sqrt(P^T (B^T B) P),   g2 = asinhc(m / sqrt(K)).
+
+    ``terms`` (for the backward; what `kernels.lorentz_full_forward` computes in one kernel): ``P``, ``P B^T B``,
+    per-token scalars ``[scaling g2, kappa = scaling asinhc'(z) / (sqrt(K) m), g1 / s, sqrt(K) cosh(c)]`` and a
+    (4 x 3) matrix per token mapping ``(sigma, tau, rho, <q, P>)`` (see `_LorentzFullLowRank.backward`) to
+    ``(w, K dL/dK, s dL/ds)``.
+    """
     sqrt_k = K.sqrt()
-    g1, clamped = _exp_factor(norm_x / s, sqrt_k, theta_max)
-    hidden = projected * (g1 / s) + (sqrt_k * torch.cosh(clamped)) * A_time  # A (x0, g1 u)
-    time = torch.hypot(torch.linalg.vector_norm(hidden, dim=-1, keepdim=True), sqrt_k)
-    point = torch.cat([time, hidden], dim=-1)  # (r + 1)-point on L_K
-    return point * (scaling * asinhc(_gram_norm(point, gram) / sqrt_k))
+    n = norm_x.unsqueeze(-1) / s
+    theta = n.clamp_min(1e-30) / sqrt_k
+    clamped = theta > theta_max
+    c = theta.clamp_max(theta_max)
+    g1 = torch.where(clamped, math.sinh(theta_max) / theta, sinhc(c))
+    kcosh = sqrt_k * torch.cosh(c)
+    g1_s = g1 / s
+    h = a_raw * g1_s + kcosh * a_time
+    t = torch.hypot(torch.linalg.vector_norm(h, dim=-1, keepdim=True), sqrt_k)
+    point = torch.cat([t, h], dim=-1)
+    gram_point = point @ gram
+    m = (point * gram_point).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()
+    z = m / sqrt_k
+    g2 = asinhc(z)
+    Z = point * (scaling * g2)
+    if not with_coefficients:
+        return Z, None
+    g2_prime = _asinhc_prime(z)
+    e1_s = torch.where(clamped, -g1 / theta, _sinhc_prime(c)) / s  # (dg1/dtheta) / s
+    e2 = torch.where(clamped, torch.zeros_like(c), sqrt_k * torch.sinh(c))  # d(sqrt(K) cosh c)/dtheta
+    e3 = 1.0 / (s * s * sqrt_k * n.clamp_min(1e-30))  # dtheta/d|x| / |x|
+    zero = torch.zeros_like(theta)
+    coefficients = torch.stack([
+        torch.cat([e1_s * e3, -0.5 * theta * e1_s, -theta * e1_s - g1_s], dim=-1),  # sigma
+        torch.cat([e2 * e3, -0.5 * theta * e2 + 0.5 * kcosh, -theta * e2], dim=-1),  # tau
+        torch.cat([zero, K / (2.0 * t), zero], dim=-1),  # rho
+        torch.cat([zero, -0.5 * scaling * g2_prime * z, zero], dim=-1),  # <q, P>
+    ], dim=1)
+    scalars = torch.cat([scaling * g2, scaling * g2_prime / (sqrt_k * m), g1_s, kcosh], dim=-1)
+    return Z, (point, gram_point, scalars, coefficients)
 
 
-_FUSIBLE = {**_GATES, "lorentz-full": _lorentz_full_rank_space}
-_compiled: dict[str, object] = {}
-_compile_failed: set[str] = set()
+def _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling: float, theta_max: float, with_coefficients):
+    """``(branch, Z, a_raw, terms, B^T B)`` of "lorentz-full", ``a_raw = x A[:, 1:]^T``."""
+    shape = x.shape
+    x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
+    a_raw = x_cast @ A[:, 1:].t()
+    norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
+    gram = B.t() @ B
+    if kernels.usable(x_cast, A, "lorentz-full"):
+        Z, terms = kernels.lorentz_full_forward(
+            a_raw, A[:, 0].contiguous(), norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients
+        )
+    else:
+        K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+        Z, terms = _lorentz_full_terms(a_raw, A[:, 0], norm_x, gram, K, s, scaling, theta_max, with_coefficients)
+    out = Z @ B.t()
+    return out.reshape(*shape[:-1], B.shape[0]), Z, a_raw, terms, gram
 
 
-def _gate_fn(variant: str, device_type: str):
-    """The variant's per-token function, fused by torch.compile on CUDA (eager elsewhere or on failure)."""
-    eager = _FUSIBLE[variant]
-    if device_type != "cuda" or variant in _compile_failed or os.environ.get("HYPLORA_COMPILE", "1") == "0":
-        return eager
-    if variant not in _compiled:
-        _compiled[variant] = torch.compile(eager, dynamic=True)
-    compiled = _compiled[variant]
+class _LorentzFullLowRank(torch.autograd.Function):
+    """The "lorentz-full" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)``; one autograd node whose
+    backward is a few rank-sized torch operations on terms the forward computed (`_lorentz_full_terms`)."""
 
-    def run(*args):
-        try:
-            return compiled(*args)
-        except Exception as exc:  # no Triton, no compiler: same math, unfused
-            warnings.warn(f"hyplora: torch.compile failed for the {variant} branch, running it eagerly: {exc}")
-            _compile_failed.add(variant)
-            return eager(*args)
+    @staticmethod
+    def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, scaling: float, theta_max: float):
+        out, Z, a_raw, terms, _ = _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, True)
+        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, Z, *terms)
+        return out
 
-    return run
+    @staticmethod
+    def backward(ctx, grad_out):
+        # With q = grad_out B (per token, r + 1): dL/dP = scaling g2 q + beta (B^T B) P, beta = kappa <q, P>;
+        # rho = dL/dP_0 (time); dL/dh = dL/dP_h + rho h / t; sigma = <dL/dh, a_raw>, tau = <dL/dh, a_time>;
+        # (w, K dL/dK, s dL/ds) = (sigma, tau, rho, <q, P>) C;  dL/d a_raw = dL/dh g1 / s;
+        # dL/dx = dL/d a_raw A_s + w x;  dL/dA = [dL/dh^T sqrt(K) cosh c | dL/d a_raw^T x];
+        # dL/dB = grad_out^T Z + B (P^T diag(beta) P).
+        x, A, B, rho_k, rho_s, a_raw, Z, point, gram_point, scalars, coefficients = ctx.saved_tensors
+        shape = x.shape
+        x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
+        grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
+        q = grad_out @ B
+        qP = torch.linalg.vecdot(q, point)
+        beta = qP.unsqueeze(-1) * scalars[:, 1:2]
+        dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
+        rho = dL_dP[:, :1]
+        dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
+        v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ A[:, 0], rho.squeeze(-1), qP], dim=-1)
+        terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
+        grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            p_a = dL_dh * scalars[:, 2:3]
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.addcmul(p_a @ A[:, 1:], x_cast, terms[:, :1]).to(x.dtype).reshape(shape)
+        if ctx.needs_input_grad[1]:
+            grad_A = torch.cat([dL_dh.t() @ scalars[:, 3:4], p_a.t() @ x_cast], dim=1)
+        if ctx.needs_input_grad[2]:
+            grad_B = torch.addmm(B @ ((point * beta).t() @ point), grad_out.t(), Z)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            grad_rho = terms[:, 1:].sum(dim=0)
+            grad_rho_k = grad_rho[0].reshape(rho_k.shape).to(rho_k.dtype)
+            grad_rho_s = grad_rho[1].reshape(rho_s.shape).to(rho_s.dtype)
+        return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None
 
 
 def gated_branch(
     variant: str, x: Tensor, A: Tensor, B: Tensor, rho_k: Tensor, rho_s: Tensor, k0: float, s0: float,
     scaling: float, theta_max: float,
 ) -> Tensor:
-    """The "lorentz" or "stereographic" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's
-    parameterisation, which the kernels evaluate themselves)."""
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, rho_k, rho_s)):
-        # inference (decoding): the same computation without an autograd node
+    """Any variant's branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's parameterisation,
+    which the kernels evaluate themselves)."""
+    inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, rho_k, rho_s))
+    if variant == "lorentz-full":
+        if inference:
+            return _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, False)[0]
+        return _LorentzFullLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max)
+    if inference:  # decoding: the same computation without an autograd node
         return _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max, False)[0]
     return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
 
 
 def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):
-    if variant in _GATES:
-        # K = exp(log K): gradients reach K and s through the logs
-        return gated_branch(variant, x, A, B, K.log(), s.log(), 1.0, 1.0, scaling, theta_max)
-    projected, norm_x = _ProjectAndNorm.apply(x, A[:, 1:])
-    gram = B.t() @ B
-    rank_space = _gate_fn(variant, x.device.type)(projected, norm_x, K, s, gram, scaling, theta_max, A[:, 0])
-    return rank_space @ B.t()
+    # K = exp(log K): gradients reach K and s through the logs
+    return gated_branch(variant, x, A, B, K.log(), s.log(), 1.0, 1.0, scaling, theta_max)
 
 
 def lorentz_branch(x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float) -> Tensor:

@@ -33,7 +33,7 @@ except ImportError:  # CPU-only installs: `functional` uses its eager path
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_RANK = 128  # a (rows x rank) tile and the rank x rank Gram matrix must fit one program
-VARIANT_IDS = {"lorentz": 0, "stereographic": 1}
+VARIANT_IDS = {"lorentz": 0, "stereographic": 1, "lorentz-full": 2}
 
 
 def usable(x: torch.Tensor, A: torch.Tensor, variant: str) -> bool:
@@ -45,7 +45,8 @@ def usable(x: torch.Tensor, A: torch.Tensor, variant: str) -> bool:
     mode = os.environ.get("HYPLORA_TRITON", "1")
     if triton is None or mode == "0" or variant not in VARIANT_IDS:
         return False
-    if A.dtype != torch.float32 or A.shape[0] > MAX_RANK:
+    # "lorentz-full" works on (r + 1)-points
+    if A.dtype != torch.float32 or A.shape[0] + (variant == "lorentz-full") > MAX_RANK:
         return False
     return x.device.type == "cuda" or (x.device.type == "cpu" and INTERPRET and mode == "interpret")
 
@@ -178,6 +179,74 @@ if triton is not None:
             tl.store(base + 4, -(cG_s + k_m * m * m * s * s + scaling * dG_dn * n / s), mask=row_mask)
 
 
+    @triton.jit(do_not_specialize=["T"])
+    def _lorentz_full_forward_kernel(
+        a_ptr, at_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
+        T, R, k0, s0, scaling, theta_max, sinh_theta_max,
+        WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """The "lorentz-full" rank space: columns 0..R of a tile are the (R + 1)-point, time first."""
+        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+        cols = tl.arange(0, BLOCK_R)
+        R1 = R + 1
+        row_mask = rows < T
+        in_h = (cols >= 1) & (cols <= R)
+        in_p = cols < R1
+        K = k0 * tl.exp(tl.load(rho_k_ptr))
+        s = s0 * tl.exp(tl.load(rho_s_ptr))
+        k = tl.sqrt(K)
+        a_raw = tl.load(a_ptr + rows[:, None].to(tl.int64) * R + (cols[None, :] - 1),
+                        mask=row_mask[:, None] & in_h[None, :], other=0.0)
+        a_t = tl.load(at_ptr + (cols - 1), mask=in_h, other=0.0)
+        n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
+        n_safe = tl.maximum(n, 1e-30)
+        theta = n_safe / k
+        clamped = theta > theta_max
+        c = tl.minimum(theta, theta_max)
+        sinhc, sinhc_prime = _sinhc_and_prime(c)
+        g1 = tl.where(clamped, sinh_theta_max / theta, sinhc)
+        e1 = tl.where(clamped, -g1 / theta, sinhc_prime)
+        ec = tl.exp(c)
+        kcosh = k * 0.5 * (ec + 1.0 / ec)
+        e2 = tl.where(clamped, 0.0, k * 0.5 * (ec - 1.0 / ec))
+        g1_s = g1 / s
+        h = a_raw * g1_s[:, None] + kcosh[:, None] * a_t[None, :]
+        t = tl.sqrt(tl.sum(h * h, axis=1) + K)
+        P = h + tl.where(cols[None, :] == 0, t[:, None], 0.0)
+        gram = tl.load(gram_ptr + cols[:, None] * R1 + cols[None, :], mask=in_p[:, None] & in_p[None, :], other=0.0)
+        GP = tl.dot(P, gram, input_precision="ieee")
+        m = tl.sqrt(tl.maximum(tl.sum(P * GP, axis=1), 1e-30))
+        z = m / k
+        g2, g2_prime = _asinhc_and_prime(z)
+        cg2 = scaling * g2
+        tile = rows[:, None].to(tl.int64) * R1 + cols[None, :]
+        mask = row_mask[:, None] & in_p[None, :]
+        tl.store(z_ptr + tile, P * cg2[:, None], mask=mask)
+        if WITH_COEF:
+            tl.store(p_ptr + tile, P, mask=mask)
+            tl.store(gp_ptr + tile, GP, mask=mask)
+            scal = scal_ptr + rows.to(tl.int64) * 4
+            tl.store(scal, cg2, mask=row_mask)
+            tl.store(scal + 1, scaling * g2_prime / (k * m), mask=row_mask)
+            tl.store(scal + 2, g1_s, mask=row_mask)
+            tl.store(scal + 3, kcosh, mask=row_mask)
+            e1_s = e1 / s
+            e3 = 1.0 / (s * s * k * n_safe)
+            base = c_ptr + rows.to(tl.int64) * 12  # (4 x 3) per token, see functional._lorentz_full_terms
+            tl.store(base + 0, e1_s * e3, mask=row_mask)
+            tl.store(base + 1, -0.5 * theta * e1_s, mask=row_mask)
+            tl.store(base + 2, -theta * e1_s - g1_s, mask=row_mask)
+            tl.store(base + 3, e2 * e3, mask=row_mask)
+            tl.store(base + 4, -0.5 * theta * e2 + 0.5 * kcosh, mask=row_mask)
+            tl.store(base + 5, -theta * e2, mask=row_mask)
+            tl.store(base + 6, 0.0 * t, mask=row_mask)
+            tl.store(base + 7, K / (2.0 * t), mask=row_mask)
+            tl.store(base + 8, 0.0 * t, mask=row_mask)
+            tl.store(base + 9, 0.0 * t, mask=row_mask)
+            tl.store(base + 10, -0.5 * scaling * g2_prime * z, mask=row_mask)
+            tl.store(base + 11, 0.0 * t, mask=row_mask)
+
+
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
     if variant == "stereographic":
@@ -200,3 +269,25 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
             BLOCK_R=block_r,
         )
     return z, (coef if with_coefficients else None)
+
+
+def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients):
+    """``(Z, terms)`` of "lorentz-full": Z (rows x (r + 1)); terms = ``(P, P B^T B, scalars, C)`` for the backward
+    (see `functional._lorentz_full_terms`), or None."""
+    rows, rank = a_raw.shape
+    device = a_raw.device
+    z = torch.empty((rows, rank + 1), dtype=torch.float32, device=device)
+    if with_coefficients:
+        point, gram_point = torch.empty_like(z), torch.empty_like(z)
+        scalars = torch.empty((rows, 4), dtype=torch.float32, device=device)
+        coefficients = torch.empty((rows, 4, 3), dtype=torch.float32, device=device)
+    else:
+        point = gram_point = scalars = coefficients = z
+    block_t, block_r = _rank_blocks(rank + 1)
+    if rows:
+        _lorentz_full_forward_kernel[(triton.cdiv(rows, block_t),)](
+            a_raw, a_time, norm_x, gram, rho_k, rho_s, z, point, gram_point, scalars, coefficients, rows, rank,
+            float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max),
+            WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r,
+        )
+    return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
