@@ -223,10 +223,12 @@ class _GatedLowRank(torch.autograd.Function):
         beta = scaled[:, 1:2]
         p = torch.addcmul(q * coef[:, :1], beta, a_raw @ gram)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.addcmul(p @ A, x_cast, scaled[:, 2:3]).to(x.dtype).reshape(shape)
         if ctx.needs_input_grad[1]:
             grad_A = p.t() @ x_cast
+        if ctx.needs_input_grad[0]:
+            grad_x = (p @ A).addcmul_(x_cast, scaled[:, 2:3])  # in place: one float32 x-sized temporary fewer
+            del x_cast
+            grad_x = grad_x.to(x.dtype).reshape(shape)
         if ctx.needs_input_grad[2]:
             grad_B = torch.addmm(B @ ((a_raw * beta).t() @ a_raw), grad_out.t(), z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
@@ -332,10 +334,12 @@ class _LorentzFullLowRank(torch.autograd.Function):
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
             p_a = dL_dh * scalars[:, 2:3]
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.addcmul(p_a @ A[:, 1:], x_cast, terms[:, :1]).to(x.dtype).reshape(shape)
         if ctx.needs_input_grad[1]:
             grad_A = torch.cat([dL_dh.t() @ scalars[:, 3:4], p_a.t() @ x_cast], dim=1)
+        if ctx.needs_input_grad[0]:
+            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, terms[:, :1])  # in place: one x-sized temporary fewer
+            del x_cast
+            grad_x = grad_x.to(x.dtype).reshape(shape)
         if ctx.needs_input_grad[2]:
             grad_B = torch.addmm(B @ ((point * beta).t() @ point), grad_out.t(), Z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
