@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -73,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded slice of the math set (default all)")
     parser.add_argument("--cpu-smoke-test", action="store_true",
                         help="run on the CPU (gloo; fsdp then runs as DDP): checks the script, the numbers mean nothing")
+    parser.add_argument("--run-timeout", type=int, default=150,
+                        help="seconds one run may take before its processes are killed (default 150)")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and print the plan; run nothing")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)  # internal: one training process
     args = parser.parse_args(argv)
@@ -89,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.runs = [r for r in RUNS if r in runs]  # the one-GPU baseline first
     for flag, value, least in (("--gpus", args.gpus, 2), ("--steps", args.steps, 2), ("--batch-size", args.batch_size, 1),
                                ("--grad-accum", args.grad_accum, 1), ("--cutoff-len", args.cutoff_len, 2),
-                               ("--warmup", args.warmup, 0)):
+                               ("--warmup", args.warmup, 0), ("--run-timeout", args.run_timeout, 1)):
         if value < least:
             raise HypLoraUserError(f"{flag} must be >= {least}, got {value}")
     if args.max_train_samples is not None and args.max_train_samples < 1:
@@ -266,24 +269,25 @@ def reload_check(adapter_dir: Path, base_model, batch, reference_dir: Path | Non
             and config(adapter_dir) == config(reference_dir)
             and {k: (v.shape, v.dtype) for k, v in saved.items()} == {k: (v.shape, v.dtype) for k, v in reference.items()}
         )
-    result["ok"] = tensors_equal and result.get("same_format_as_1gpu", True) and loss == loss
+    result["ok"] = tensors_equal and result.get("same_format_as_1gpu", True) and math.isfinite(loss)
     return result
 
 
 def markdown(report: dict) -> str:
     lines = [
         f"# Multi-GPU HypLoRA training ({report['model_name']}, math training set)", "",
-        f"{report['device']}; {report['steps']} steps per run, the first {report['warmup'] + 1} untimed; per-GPU batch "
-        f"{report['batch_size']} x {report['grad_accum']} accumulation, cutoff {report['cutoff_len']}, "
-        f"{report['precision']}; {report['versions']}.", "",
+        (f"{report['device']}; {report['steps']} steps per run, the first {report['warmup'] + 1} untimed; per-GPU "
+         f"batch {report['batch_size']} x {report['grad_accum']} accumulation, cutoff {report['cutoff_len']}, "
+         f"{report['precision']}; {report['versions']}."), "",
         f"Eval loss: 16 fixed training examples on the CPU; the base model's is {report['base_eval_loss']:.4f}.", "",
-        "| run | GPUs | accelerate mode | global batch | samples/s | scaling vs 1 GPU | peak GiB/GPU | final loss "
-        "| eval loss | reload |",
+        ("| run | GPUs | accelerate mode | global batch | samples/s | scaling vs 1 GPU | peak GiB/GPU | final loss "
+         "| eval loss | reload |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         if r.get("error"):
-            lines.append(f"| {r['run']} | {r['processes']} | | {r['global_batch']} | failed: {r['error']} | | | | | |")
+            error = r["error"].replace("|", "/")
+            lines.append(f"| {r['run']} | {r['processes']} | | {r['global_batch']} | failed: {error} | | | | | |")
             continue
         t, check = r["throughput"], r.get("reload", {})
         scaling = f"{r['scaling']:.2f}x" if r.get("scaling") else "1.00x (baseline)" if r["run"] == "1gpu" else "n/a"
@@ -294,8 +298,8 @@ def markdown(report: dict) -> str:
             f"{'n/a' if peak is None else f'{peak:.2f}'} | {_number(r.get('final_loss'))} | "
             f"{check.get('eval_loss', float('nan')):.4f} | {'ok' if check.get('ok') else 'FAILED'} |"
         )
-    lines += ["", f"Scaling target: >= {TARGET_SCALING}x samples/s on {report['gpus']} GPUs "
-                  "(same per-GPU batch, so the global batch grows with the GPUs)."]
+    lines += ["", (f"Scaling target: >= {TARGET_SCALING}x samples/s on {report['gpus']} GPUs "
+                   "(same per-GPU batch, so the global batch grows with the GPUs).")]
     return "\n".join(lines) + "\n"
 
 
@@ -307,6 +311,37 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _run_logged(command: list[str], log_path: Path, env: dict, timeout: int) -> int | None:
+    """Run a launcher with its output in ``log_path``; on timeout end it and every process under it (torchrun
+    starts each worker in a session of its own, and they hold GPUs) and return None. A distributed run whose
+    ranks disagree can hang instead of failing."""
+    import psutil  # a dependency of accelerate
+
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            except psutil.NoSuchProcess:
+                tree = []
+            for process in tree:
+                try:
+                    process.terminate()
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(tree, timeout=15)
+            for process in alive:
+                try:
+                    process.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            proc.wait()
+            log.write(f"\n[multi_gpu.py] stopped after {timeout} s\n")
+            return None
 
 
 def run_all(args) -> int:
@@ -337,15 +372,14 @@ def run_all(args) -> int:
         Path(step["spec_path"]).write_text(json.dumps(step["spec"], indent=2), encoding="utf-8")
         print(f"[{run}] {' '.join(step['command'])}", flush=True)
         started = time.time()
-        with open(out / f"{run}.log", "w", encoding="utf-8") as log:
-            done = subprocess.run(step["command"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                  env={**os.environ, **step["env"]})
+        returncode = _run_logged(step["command"], out / f"{run}.log", {**os.environ, **step["env"]}, args.run_timeout)
         result = {"run": run, "processes": step["processes"], "global_batch": step["global_batch"],
-                  "returncode": done.returncode, "wall_s": round(time.time() - started, 1)}
+                  "returncode": returncode, "wall_s": round(time.time() - started, 1)}
         timings = [json.loads(p.read_text()) for p in sorted(run_dir.glob("timing.rank*.json"))]
-        if done.returncode != 0 or len(timings) != step["processes"]:
+        if returncode != 0 or len(timings) != step["processes"]:
             tail = (out / f"{run}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-            result["error"] = f"exit {done.returncode}, {len(timings)} timing file(s); log ends: " + " / ".join(tail)
+            status = f"stopped after {args.run_timeout} s" if returncode is None else f"exit {returncode}"
+            result["error"] = f"{status}, {len(timings)} timing file(s); log ends: " + " / ".join(tail)
         else:
             rank0 = next(t for t in timings if t["rank"] == 0)
             result.update(throughput=throughput(rank0, args.warmup), distributed_type=rank0["distributed_type"],

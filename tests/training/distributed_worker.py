@@ -45,7 +45,9 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 def _tiny_llama(seed: int = 0):
     sys.path.insert(0, str(TESTS_DIR))
     try:
-        from conftest import make_tiny_llama  # the shared tiny-model factory of tests/conftest.py
+        from conftest import (
+            make_tiny_llama,  # the shared tiny-model factory of tests/conftest.py
+        )
     finally:
         sys.path.pop(0)
     return make_tiny_llama(seed=seed, vocab_size=128).train()
@@ -78,9 +80,8 @@ def _dump_callback(dump_dir: Path):
         def on_train_end(self, args, state, control, model=None, **kwargs):
             from accelerate.state import AcceleratorState
             from safetensors.torch import save_file
-            from torch.distributed.tensor import DTensor
-
             from torch.distributed.fsdp import FSDPModule
+            from torch.distributed.tensor import DTensor
 
             tensors, sharded = {}, False
             for name, param in model.named_parameters():
@@ -182,9 +183,9 @@ def run_fsdp2_layer(out_path: str) -> None:
     reference = copy.deepcopy(model)
     (reference(input_ids=local, labels=local).loss * 1e8).backward()  # large enough to be clipped
     local_clipped = {n: g for n, g in _grads(reference).items() if "lora_curvature" in n}
-    for name in local_clipped:
-        dist.all_reduce(local_clipped[name])
-        local_clipped[name] /= world
+    for grad in local_clipped.values():
+        dist.all_reduce(grad)
+        grad /= world
     _shard(model)
     (model(input_ids=local, labels=local).loss * 1e8).backward()
     got = {n: g for n, g in _grads(model).items() if "lora_curvature" in n}
@@ -243,8 +244,8 @@ def run_zero(out_path: str) -> None:
             got = {n: p.detach().clone() for n, p in named}
         result[f"stage{stage}"] = {
             "names_equal": sorted(got) == sorted(expected),
-            "max_error": max((got[n] - expected[n]).abs().max().item() for n in expected),
-            "max_step": max((expected[n] - initial[n]).abs().max().item() for n in expected),
+            "max_error": max((got[n] - value).abs().max().item() for n, value in expected.items()),
+            "max_step": max((value - initial[n]).abs().max().item() for n, value in expected.items()),
             "scalars": sum(1 for n in got if "lora_curvature" in n or "lora_feature_scale" in n),
         }
     if rank == 0:

@@ -61,7 +61,7 @@ def _env() -> dict:
 
 def _run(cmd: list, cwd: Path, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
     done = subprocess.run([str(c) for c in cmd], cwd=cwd, env=_env(), capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
     assert done.returncode == 0, f"{cmd[:6]} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return done
 
@@ -81,8 +81,8 @@ def _adapter(directory: Path) -> dict[str, torch.Tensor]:
 
 def _assert_close(got: dict, expected: dict, rtol=1e-5, atol=1e-6) -> None:
     assert sorted(got) == sorted(expected)
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=rtol, atol=atol, msg=lambda m: f"{key}: {m}")
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=rtol, atol=atol, msg=lambda m, key=key: f"{key}: {m}")
 
 
 def _train_in_workers(launch: list, tmp_path: Path, overrides: dict, timeout: int = TIMEOUT,
@@ -252,9 +252,8 @@ def _math_data(root: Path) -> Path:
     """A small stand-in for the math training set (GSM8K + MAWPS train files) in the shared data format."""
     (root / "train").mkdir(parents=True)
     with open(root / "train" / "gsm8k_train.jsonl", "w", encoding="utf-8") as handle:
-        for i in range(40):
-            handle.write(json.dumps({"question": f"Tom has {i} apples and buys 3 more. How many apples has he?",
-                                     "answer": f"He has {i} + 3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}"}) + "\n")
+        handle.writelines(json.dumps({"question": f"Tom has {i} apples and buys 3 more. How many apples has he?",
+                                     "answer": f"He has {i} + 3 = <<{i}+3={i + 3}>>{i + 3} apples.\n#### {i + 3}"}) + "\n" for i in range(40))
     (root / "train" / "mawps_raw.json").write_text(json.dumps([
         {"id": i, "original_text": f"Sara had {i} pens and lost 2. How many pens are left?",
          "segmented_text": f"Sara had {i} pens and lost 2 . How many pens are left ?", "equation": f"X=({i}.0-2.0)",
@@ -321,3 +320,17 @@ def test_multi_gpu_benchmark_cpu_smoke(tiny_model_dir, tmp_path):
     with pytest.raises(subprocess.CalledProcessError):  # a second run into the same directory is refused
         subprocess.run([sys.executable, str(BENCHMARK), "--model", tiny_model_dir, "--data-dir",
                         str(tmp_path / "data"), "--out-dir", str(out), "--dry-run"], check=True, capture_output=True)
+
+    # a run that outlasts --run-timeout is stopped with all its processes and reported as failed (exit status 1)
+    import psutil
+
+    late = tmp_path / "late"
+    done = subprocess.run([sys.executable, str(BENCHMARK), "--model", tiny_model_dir, "--data-dir",
+                           str(tmp_path / "data"), "--out-dir", str(late), "--cpu-smoke-test", "--runs", "ddp",
+                           "--steps", "6", "--warmup", "1", "--run-timeout", "1"], env=_env(), capture_output=True,
+                          text=True, timeout=TIMEOUT, check=False)
+    assert done.returncode == 1, done.stderr[-2000:]
+    (run,) = json.loads((late / "multi_gpu.json").read_text())["runs"]
+    assert run["error"].startswith("stopped after 1 s")
+    spec = str(late / "ddp.spec.json")
+    assert not [p for p in psutil.process_iter(["cmdline"]) if spec in (p.info["cmdline"] or [])]
