@@ -242,7 +242,7 @@ def main(argv=None) -> int:
 
     header = [f"device: {device_name(device)}" + (f", torch threads {torch.get_num_threads()}"
                                                    if device.type == "cpu" else ""),
-              versions_line() + f" | HYPLORA_COMPILE={os.environ.get('HYPLORA_COMPILE', '1')}",
+              versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
               f"KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
               f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]
