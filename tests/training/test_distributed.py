@@ -195,18 +195,13 @@ def test_fsdp2_shards_hyplora_parameters_and_keeps_gradients(tmp_path):
     assert result["mixed_loss_finite"] and result["mixed_grads_finite"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hyplora.training.trainer saves the final adapter and reads the curvature for the log on rank 0 only; under "
-    "FSDP2 the parameters are sharded DTensors and both need every rank (rank 0 alone: a collective mismatch in "
-    "the log callback, an invalid-storage error in save_pretrained). The change needed in trainer.py is in "
-    "docs/multi-gpu.md; with it this test passes: then remove this mark."))
 def test_fsdp_accelerate_launch_matches_one_process(tiny_model_dir, single_process, tmp_path):
     """configs/accelerate/fsdp.yaml through accelerate's FSDP2 path (forced on CPU, see the module docstring):
     the adapter is sharded during training, checkpoints are written from the sharded model, and the saved adapter
     is the single-process one, in the same format, and loads on CPU."""
     overrides = {**RUN, "model": tiny_model_dir, "batch_size": GLOBAL_BATCH // 2, "gradient_accumulation_steps": 1,
                  "save_steps": 2}
-    # (a short timeout: until trainer.py is changed, rank 0's lone collective fails at once, but could also hang)
+    # (a short timeout: a collective entered by one rank only would hang)
     out, dumps = _train_in_workers(_accelerate_launch("fsdp.yaml"), tmp_path, overrides, timeout=120,
                                    force_fsdp_on_cpu=True)
     meta = _check_ranks_and_saved_adapter(out, dumps, single_process)

@@ -181,7 +181,12 @@ def _make_log_callback(log_path: Path, model):
         """Appends one JSON line per Trainer log event with a training loss (main process only)."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not state.is_world_process_zero or not logs or "loss" not in logs:
+            if not logs or "loss" not in logs:
+                return
+            # every rank reads the curvature: under FSDP2 the parameters are sharded DTensors and reading one is a
+            # collective, which would hang if only rank 0 entered it
+            curvature = curvature_summary(model)
+            if not state.is_world_process_zero:
                 return
             entry = {
                 "step": state.global_step,
@@ -191,7 +196,6 @@ def _make_log_callback(log_path: Path, model):
             }
             if "grad_norm" in logs and logs["grad_norm"] is not None:
                 entry["grad_norm"] = float(logs["grad_norm"])
-            curvature = curvature_summary(model)
             if curvature is not None:
                 entry["curvature"] = curvature
             with open(log_path, "a", encoding="utf-8") as handle:
@@ -445,11 +449,13 @@ def train(
     entries = read_log(log_path) if main else []
     final_loss = entries[-1]["loss"] if entries else None
     plot = None
+    # every rank takes part: under FSDP / DeepSpeed ZeRO-3 this gathers the sharded parameters (full tensors on CPU)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     if trainer.is_world_process_zero():
         tmp_adapter = output_dir / f".{ADAPTER_DIR}.tmp"
         if tmp_adapter.exists():
             shutil.rmtree(tmp_adapter)
-        peft_model.save_pretrained(str(tmp_adapter))
+        peft_model.save_pretrained(str(tmp_adapter), state_dict=state_dict)
         # the run's settings travel with the adapter (evaluation reads model, template and seed from them)
         write_json_atomic(tmp_adapter / "training_config.json", saved_config)
         if adapter_dir.exists():
