@@ -146,7 +146,6 @@ def main() -> None:
                 os.environ.pop("HYPLORA_TRITON", None)
             else:
                 os.environ["HYPLORA_TRITON"] = previous
-            del model
     if args.json:
         write_json_atomic(args.json, {"device": device_name(device), "versions": versions_line(), "rows": rows})
 
