@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +28,21 @@ RECORDS = [
 ]
 
 
-def data_dir_args() -> list[str]:
-    if os.environ.get("HYPLORA_DATA_DIR"):
-        return []
-    return ["--data-dir", str(REPO_ROOT.parent / "shared" / "data")]
+# A local data directory with the benchmark files these tests name (LLM-Adapters format), so that they do not
+# depend on ../shared/data being present.
+LOCAL_BENCHMARK = [
+    {"instruction": f"Sam has {a} apples and buys {b} more. How many apples does he have now?", "input": "",
+     "output": f"{a} + {b} = {a + b}. The answer is {a + b}", "answer": str(a + b)}
+    for a, b in [(3, 4), (10, 5), (7, 8), (21, 2), (9, 9), (14, 6)]
+]
+
+
+def data_dir_args(tmp_path: Path) -> list[str]:
+    root = tmp_path / "data"
+    (root / "test").mkdir(parents=True, exist_ok=True)
+    for name in ("mawps", "gsm8k"):
+        (root / "test" / f"{name}.json").write_text(json.dumps(LOCAL_BENCHMARK))
+    return ["--data-dir", str(root)]
 
 
 def brute_force_relative_delta(points: torch.Tensor) -> float:
@@ -72,7 +82,7 @@ def test_analyze_end_to_end_with_adapter(tmp_path, use_session_smollm2):
 
     out = tmp_path / "out"
     code = main(["analyze", "--datasets", f"{data_file},mawps", "--max-prompts", "5", "--output-dir", str(out),
-                 "--adapter", str(adapter_dir), "--reference-points", "40", "--quiet", *data_dir_args()])
+                 "--adapter", str(adapter_dir), "--reference-points", "40", "--quiet", *data_dir_args(tmp_path)])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(FIGURES + ["analysis.json", "report.md"])
     for figure in FIGURES:
@@ -127,7 +137,7 @@ def run_cli(args, capsys):
 
 def test_unknown_dataset_is_exit_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "out"
-    code, err = run_cli(["--datasets", "gsm8k,nonsense", "--output-dir", str(out), *data_dir_args()], capsys)
+    code, err = run_cli(["--datasets", "gsm8k,nonsense", "--output-dir", str(out), *data_dir_args(tmp_path)], capsys)
     assert code == 2
     assert "hyplora analyze: error: unknown task 'nonsense'" in err
     assert not out.exists()
@@ -146,7 +156,7 @@ def test_missing_data_file_and_unknown_model_are_exit_2(tmp_path, capsys):
     code, err = run_cli(["--datasets", str(tmp_path / "none.json"), "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and "no such data file" in err
     code, err = run_cli(["--model", "no-such-model", "--datasets", "mawps", "--output-dir", str(tmp_path / "o"),
-                         *data_dir_args()], capsys)
+                         *data_dir_args(tmp_path)], capsys)
     assert code == 2 and "unknown model 'no-such-model'" in err
     assert not (tmp_path / "o").exists()
 
@@ -165,7 +175,7 @@ def test_model_without_input_embeddings_is_exit_2(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(hyplora.models, "load_model", lambda name, **kwargs: NoEmbeddings())
     monkeypatch.setattr(hyplora.models, "load_tokenizer", lambda name, **kwargs: CharacterTokenizer())
     out = tmp_path / "out"
-    code, err = run_cli(["--datasets", "mawps", "--max-prompts", "2", "--output-dir", str(out), *data_dir_args()], capsys)
+    code, err = run_cli(["--datasets", "mawps", "--max-prompts", "2", "--output-dir", str(out), *data_dir_args(tmp_path)], capsys)
     assert code == 2 and "has no input-embedding matrix" in err
     assert not out.exists()
 
@@ -173,5 +183,5 @@ def test_model_without_input_embeddings_is_exit_2(tmp_path, capsys, monkeypatch)
 def test_output_dir_that_is_a_file_is_exit_2(tmp_path, capsys):
     target = tmp_path / "file"
     target.write_text("x")
-    code, err = run_cli(["--datasets", "mawps", "--output-dir", str(target), *data_dir_args()], capsys)
+    code, err = run_cli(["--datasets", "mawps", "--output-dir", str(target), *data_dir_args(tmp_path)], capsys)
     assert code == 2 and "not a directory" in err
