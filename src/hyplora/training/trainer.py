@@ -432,6 +432,9 @@ def train(
         label_names=["labels"],
         dataloader_num_workers=config.dataloader_num_workers,
         disable_tqdm=disable_tqdm if disable_tqdm is not None else False,
+        # every trainable tensor of a LoRA, DoRA or HypLoRA adapter gets a gradient each step, so DDP need not
+        # search the graph for unused ones (the Trainer's default for a PeftModel, an extra pass per step)
+        ddp_find_unused_parameters=False,
     )
     trainer_cls = _make_trainer_class()
     trainer = trainer_cls(
