@@ -19,6 +19,7 @@ kernel also runs under ``TRITON_INTERPRET=1`` on a CPU, which is how CI tests it
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -51,6 +52,7 @@ def usable(x: torch.Tensor, A: torch.Tensor, variant: str) -> bool:
     return x.device.type == "cuda" or (x.device.type == "cpu" and INTERPRET and mode == "interpret")
 
 
+@functools.lru_cache(maxsize=None)
 def _rank_blocks(rank: int) -> tuple[int, int]:
     block_r = max(16, triton.next_power_of_2(rank))
     block_t = {16: 64, 32: 64, 64: 32}.get(block_r, 16)
@@ -247,6 +249,7 @@ if triton is not None:
             tl.store(base + 11, 0.0 * t, mask=row_mask)
 
 
+@functools.lru_cache(maxsize=None)
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
     if variant == "stereographic":

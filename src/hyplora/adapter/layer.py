@@ -217,7 +217,12 @@ class HypLoraLinear(nn.Module, LoraLayer):
             return self._add_mixed_batch_branches(x, result, adapter_names)
         for active_adapter in self.active_adapters:
             if active_adapter in self.lora_A:
-                result = result + self.hyperbolic_branch(x, active_adapter).to(result.dtype)
+                branch = self.hyperbolic_branch(x, active_adapter)
+                # the sum is formed in float32 and rounded once to the base layer's dtype, as peft's LoRA does
+                if torch.is_grad_enabled():
+                    result = (result + branch).to(result.dtype)
+                else:  # decoding: the same in place (one kernel and one allocation fewer)
+                    result.add_(branch)
         return result
 
     def _add_mixed_batch_branches(self, x: torch.Tensor, result: torch.Tensor, adapter_names: list[str]):
