@@ -54,6 +54,8 @@ def _write_test_sets(root, questions_by_file: dict[str, list[str]]):
 
     (root / "test").mkdir(parents=True)
     for bench in BENCHMARKS.values():
+        if bench.generated:  # builtin: no file
+            continue
         qs = questions_by_file.get(bench.name, ["placeholder question for " + bench.name])
         items = [{"instruction": q, "input": "", "output": "", "answer": "1"} for q in qs]
         (root / "test" / bench.file).write_text(json.dumps(items), encoding="utf-8")
@@ -74,7 +76,8 @@ def test_dedup_drops_test_questions_and_reports(tmp_path):
     assert report.dropped == 2 and report.kept == 1
     assert report.dropped_by_test_set == {"gsm8k": 1, "mawps": 1}
     assert report.dropped_by_source == {"a": 1, "b": 1}
-    assert len(report.test_sets) == 16
+    assert len(report.test_sets) == 17  # the 16 benchmark files and the generated builtin test split
+    assert "builtin" in report.test_sets
 
 
 def test_record_key_includes_input():

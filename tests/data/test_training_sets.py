@@ -18,6 +18,8 @@ def _write_test_sets(root, extra: dict[str, list[str]] | None = None):
 
     (root / "test").mkdir(parents=True, exist_ok=True)
     for bench in BENCHMARKS.values():
+        if bench.generated:  # builtin: no file
+            continue
         qs = (extra or {}).get(bench.name, [f"placeholder question for {bench.name}"])
         items = [{"instruction": q, "input": "", "output": "", "answer": "1"} for q in qs]
         (root / "test" / bench.file).write_text(json.dumps(items), encoding="utf-8")

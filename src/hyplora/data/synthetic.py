@@ -7,6 +7,11 @@ test question can appear in any train set, whatever the sizes or seeds.
 
 Records use the LLM-Adapters fields: ``instruction`` (the question), ``output`` (a step-by-step rationale
 ending in "The answer is N."), ``answer`` (N).
+
+The ``builtin`` evaluation task (`hyplora.data.BENCHMARKS`) is `builtin_test_records`: the first
+`BUILTIN_TEST_SIZE` problems of the test split with seed `BUILTIN_TEST_SEED`. The generator yields problems in
+a fixed order, so the first k problems of any larger request are the k problems of a request for k: an
+evaluation of the first k (``--limit k``) sees the same problems as ``synthetic_records("test", k)``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from .records import Record
 
 SPLITS = ("train", "test")
 TEST_FRACTION_PER_MILLE = 200  # one question in five goes to the test split
+BUILTIN_TEST_SIZE = 500  # problems of the `builtin` evaluation task (binomial standard error <= 2.3 points)
+BUILTIN_TEST_SEED = 0
 
 _NAMES = (
     "Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hugo", "Iris", "Jamal", "Kenji", "Lena",
@@ -135,3 +142,8 @@ def synthetic_records(split: str = "train", n: int = 1000, seed: int = 0) -> lis
         rationale = " ".join(steps) + f" The answer is {answer}."
         records.append(Record(instruction=question, input="", output=rationale, answer=str(answer)))
     return records
+
+
+def builtin_test_records() -> list[Record]:
+    """The records of the ``builtin`` evaluation task: the first `BUILTIN_TEST_SIZE` seed-0 test problems."""
+    return synthetic_records("test", BUILTIN_TEST_SIZE, seed=BUILTIN_TEST_SEED)

@@ -12,6 +12,9 @@ A restarted run reads the JSON lines back and generates only the examples that h
 line cut short by a crash is dropped and generated again. Every input problem (unknown task, missing
 file, malformed record, unknown model, adapter that does not fit) raises `HypLoraUserError` before
 anything is written.
+
+The ``builtin`` task's records are generated (`hyplora.data.synthetic`), not read: it needs no data
+directory, and its summary names the generator in place of a file and hashes the records' JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data import BENCHMARKS, GROUPS, data_dir, load_records, resolve_tasks
+from ..data import BENCHMARKS, GROUPS, data_dir, load_benchmark, load_records, resolve_tasks
+from ..data.benchmarks import generated_description
 from ..data.prompts import TEMPLATES, build_prompt
 from ..data.records import Record
 from ..errors import HypLoraUserError
@@ -70,11 +74,11 @@ class EvalSettings:
 @dataclass
 class TaskData:
     name: str
-    path: str
+    path: str  # the file read, or what generated the records (`generated_description`)
     records: list[Record]
     prompts: list[str]
     max_new_tokens: int
-    sha256: str
+    sha256: str  # of the file, or of the generated records' JSON
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -104,13 +108,21 @@ def _check_settings(settings: EvalSettings) -> None:
 def prepare_tasks(settings: EvalSettings, tokenizer=None) -> list[TaskData]:
     """Resolve, read and validate every task's records and build its prompts (nothing is written)."""
     _check_settings(settings)
+    if settings.data_dir:
+        data_dir(settings.data_dir)  # a wrong --data-dir is an error even when no task reads it (builtin)
     out = []
     for name in settings.tasks:
-        if name in settings.task_files:
-            path = Path(settings.task_files[name]).expanduser()
+        if name not in settings.task_files and BENCHMARKS[name].generated:
+            path = generated_description(name)
+            records = load_benchmark(name)  # no data directory involved
+            sha256 = _records_sha256(records)
         else:
-            path = data_dir(settings.data_dir) / "test" / BENCHMARKS[name].file
-        records = load_records(path, require_answer=True)
+            if name in settings.task_files:
+                path = Path(settings.task_files[name]).expanduser()
+            else:
+                path = data_dir(settings.data_dir) / "test" / BENCHMARKS[name].file
+            records = load_records(path, require_answer=True)
+            sha256 = _sha256(path)
         for index, record in enumerate(records):
             if not record.answer.strip():
                 raise HypLoraUserError(f"{path}: record {index} has an empty 'answer'")
@@ -120,7 +132,7 @@ def prepare_tasks(settings: EvalSettings, tokenizer=None) -> list[TaskData]:
         prompts = [build_prompt(record, settings.template, tokenizer) for record in records]
         kind = BENCHMARKS[name].kind
         max_new = settings.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[kind]
-        out.append(TaskData(name, str(path), records, prompts, max_new, _sha256(path)))
+        out.append(TaskData(name, str(path), records, prompts, max_new, sha256))
     return out
 
 
@@ -139,6 +151,12 @@ def _check_gold(task: str, path, records: list[Record]) -> None:
                 f"{path}: record {index} has answer {gold!r}, which is not a valid {task} answer "
                 f"({'a number' if bench.kind == 'numeric' else ' / '.join(bench.labels)})"
             )
+
+
+def _records_sha256(records: list[Record]) -> str:
+    """A content hash of generated records: SHA-256 of their LLM-Adapters JSON (compact, keys sorted)."""
+    items = [asdict(record) for record in records]
+    return hashlib.sha256(json.dumps(items, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 def _sha256(path) -> str:
