@@ -4,6 +4,10 @@ The question of a record is its instruction plus its input. Normalising lower-ca
 characters other than letters and digits into one space and drops number formatting differences such as
 "3.0" vs "3" (MAWPS writes numbers with ".0"), so "A waiter had 22 customers ." and "a waiter had 22.0
 customers." are the same question.
+
+The evaluation sets are every registered benchmark, ``builtin`` (the synthetic test split, generated without
+a data directory) included. The built-in synthetic train split is disjoint from it by construction, so it
+loses nothing to ``builtin``; a training file holding synthetic test problems does.
 """
 
 from __future__ import annotations
@@ -31,10 +35,15 @@ def record_key(record: Record) -> str:
 
 
 def load_test_question_keys(directory: str | os.PathLike | None = None, names=None) -> dict[str, str]:
-    """Normalised question -> the first benchmark holding it, over all (or the named) test sets."""
-    root = data_dir(directory)
+    """Normalised question -> the first benchmark holding it, over all (or the named) test sets.
+
+    The data directory is needed (and resolved, raising `HypLoraUserError` when there is none) only when a
+    named set is a file; the generated ``builtin`` set alone needs none.
+    """
+    names = list(names or BENCHMARKS)
+    root = data_dir(directory) if any(not BENCHMARKS[n].generated for n in names if n in BENCHMARKS) else None
     keys: dict[str, str] = {}
-    for name in names or BENCHMARKS:
+    for name in names:
         for record in load_benchmark(name, root):
             keys.setdefault(record_key(record), name)
     return keys

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HypLoraUserError
+from .benchmarks import data_dir
 from .dedup import deduplicate, load_test_question_keys
 from .records import Record, load_records, parse_records, read_json_or_jsonl
 from .synthetic import synthetic_records
@@ -127,8 +128,6 @@ class TrainingTask:
     members: tuple[str, ...] = ()  # a mix of other tasks
 
     def load(self, directory: str | os.PathLike | None) -> list[tuple[str, list[Record]]]:
-        from .benchmarks import data_dir
-
         if self.members:
             out = []
             for member in self.members:
@@ -227,14 +226,19 @@ def load_training_data(
     }
 
     if dedup:
+        keys = None
         try:
-            keys = load_test_question_keys(directory)
+            data_dir(directory)
         except HypLoraUserError as exc:
-            if all(name == "builtin" for name, _ in parts):
-                # The synthetic train split is disjoint from its test split by construction.
-                keys = None
-                stats["dedup"] = {"skipped": "no test sets found (the built-in data is disjoint from its own test split)"}
-            else:
+            if not all(name == "builtin" for name, _ in parts):
+                raise HypLoraUserError(f"cannot deduplicate against the test sets: {exc} (or pass --no-dedup)") from exc
+            # No data directory: the 16 benchmark files cannot be read. The synthetic train split is disjoint
+            # from the `builtin` test split by construction (tests/data check it), so nothing is lost.
+            stats["dedup"] = {"skipped": "no test sets found (the built-in data is disjoint from its own test split)"}
+        else:
+            try:
+                keys = load_test_question_keys(directory)
+            except HypLoraUserError as exc:  # a data directory with a missing or malformed test file
                 raise HypLoraUserError(f"cannot deduplicate against the test sets: {exc} (or pass --no-dedup)") from exc
         if keys is not None:
             records, sources, report = deduplicate(records, keys, sources)
