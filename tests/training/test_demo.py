@@ -7,6 +7,8 @@ import json
 import pytest
 
 from hyplora.cli import main
+from hyplora.data import load_benchmark
+from hyplora.data.benchmarks import generated_description
 
 
 @pytest.fixture
@@ -44,14 +46,22 @@ def test_demo_end_to_end_and_resume(tiny_model_dir, tmp_path, no_data_dir, capsy
     from pathlib import Path
 
     assert Path(paths["loss_plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    data = json.loads((out / "data" / "builtin_test.json").read_text())
-    assert len(data) == 4 and all("The answer is" in item["output"] for item in data)
+    # both evaluations ran the `builtin` task on its first 4 problems: files and columns say builtin
+    assert summary["eval"]["task"] == "builtin" and "task builtin" in summary["eval"]["data"]
+    assert not (out / "data").exists() and "eval_data" not in paths  # no copy of the problems is written
+    problems = load_benchmark("builtin")[:4]
     for name, side in (("eval-base", "before"), ("eval-adapter", "after")):
         eval_summary = json.loads((out / name / "summary.json").read_text())
-        stats = eval_summary["tasks"]["multiarith"]
+        assert list(eval_summary["tasks"]) == ["builtin"] and eval_summary["limit"] == 4
+        stats = eval_summary["tasks"]["builtin"]
         assert stats["n"] == 4 and stats["correct"] == summary[side]["correct"]
-        assert stats["file"] == str(out / "data" / "builtin_test.json")
-        assert len((out / name / "multiarith.jsonl").read_text().splitlines()) == 4
+        assert stats["file"] == generated_description("builtin")
+        assert sorted(p.name for p in (out / name).glob("*.jsonl")) == ["builtin.jsonl"]
+        written = sorted((json.loads(line) for line in (out / name / "builtin.jsonl").read_text().splitlines()),
+                         key=lambda item: item["index"])
+        assert [item["gold"] for item in written] == [record.answer for record in problems]
+        assert all(record.instruction in item["prompt"] for item, record in zip(written, problems))
+        assert "| builtin | 4 |" in (out / name / "results.md").read_text()
     after = json.loads((out / "eval-adapter" / "summary.json").read_text())
     assert after["adapter"]["type"] == "HYPLORA"
     assert after["adapter"]["path"] == str((out / "train" / "adapter").resolve())
@@ -66,12 +76,12 @@ def test_demo_end_to_end_and_resume(tiny_model_dir, tmp_path, no_data_dir, capsy
 
     # the same command again: every stage is reused, nothing is trained or generated again
     adapter_mtime = (out / "train" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
-    jsonl_before = (out / "eval-adapter" / "multiarith.jsonl").read_text()
+    jsonl_before = (out / "eval-adapter" / "builtin.jsonl").read_text()
     assert _demo(tiny_model_dir, out) == 0
     printed = capsys.readouterr().out
     assert "resuming the demo" in printed and "training already finished" in printed
     assert (out / "train" / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == adapter_mtime
-    assert (out / "eval-adapter" / "multiarith.jsonl").read_text() == jsonl_before
+    assert (out / "eval-adapter" / "builtin.jsonl").read_text() == jsonl_before
     again = json.loads((out / "summary.json").read_text())
     assert again["before"] == summary["before"] and again["after"] == summary["after"] and again["resumed"]
     assert again["timings_s"] == summary["timings_s"]  # the stages' times are those of the run that did them
@@ -113,4 +123,6 @@ def test_demo_refuses_foreign_directory_and_bad_sizes(tmp_path, no_data_dir, cap
     assert "holds no hyplora demo" in capsys.readouterr().err
     assert main(["demo", "--output-dir", str(tmp_path / "x"), "--eval-size", "0", "--no-progress"]) == 2
     assert "--eval-size must be at least 1" in capsys.readouterr().err
+    assert main(["demo", "--output-dir", str(tmp_path / "x"), "--eval-size", "501", "--no-progress"]) == 2
+    assert "--eval-size must be at most 500" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -16,8 +16,9 @@ def register(subparsers) -> None:
         help="evaluate SmolLM2-135M, fine-tune it with HypLoRA, evaluate again (CPU, a few minutes)",
         description=(
             "The main job, on the built-in synthetic arithmetic word problems (no data directory needed): "
-            "evaluate the model on a slice of the synthetic test split, fine-tune it with HypLoRA (the "
-            "smollm2-demo recipe), evaluate the adapter on the same slice, and print a before/after table and "
+            "evaluate the model on a slice of the synthetic test split (the `builtin` eval task), fine-tune "
+            "it with HypLoRA (the smollm2-demo recipe), evaluate the adapter on the same slice, and print a "
+            "before/after table and "
             "where the adapter, training log, loss plot, evaluation outputs and summary JSON went. Running the "
             "same command again resumes an interrupted demo (finished stages are reused)."
         ),
@@ -31,7 +32,8 @@ def register(subparsers) -> None:
                         help="training examples, a seeded slice of the built-in train split "
                              "(default: the recipe's, 64)")
     parser.add_argument("--eval-size", type=int, default=defaults.eval_size,
-                        help="synthetic test problems evaluated before and after")
+                        help="problems of the builtin task (the synthetic test split, 500 in all) evaluated "
+                             "before and after")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                         help="new-token limit per answer when evaluating")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per generate call")

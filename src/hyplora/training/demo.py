@@ -1,24 +1,19 @@
 """The README's main job (`hyplora demo`): evaluate a model, fine-tune it with HypLoRA, evaluate it again.
 
 Everything runs on the built-in synthetic arithmetic word problems (`hyplora.data.synthetic`), so no data
-directory and no network are needed. The stages use the library's own pipeline: `run_evaluation` for both
-evaluations and `train` (the ``smollm2-demo`` recipe) for the fine-tuning.
+directory and no network are needed. The stages use the library's own pipeline: `run_evaluation` on the
+``builtin`` task (the seeded synthetic test split, numeric-answer scoring) for both evaluations, limited to
+its first ``eval_size`` problems, and `train` (the ``smollm2-demo`` recipe) for the fine-tuning.
 
 Output directory layout::
 
     demo.json                  the demo's settings; a re-run must use the same ones (it then resumes)
-    data/builtin_test.json     the evaluation slice: the first ``eval_size`` problems of the synthetic test split
-    eval-base/                 `hyplora eval` output for the model without adapter
+    eval-base/                 `hyplora eval` output for the model without adapter (builtin.jsonl, ...)
     train/                     `hyplora train` output: adapter/, train_log.jsonl, loss_curve.png, summary.json, ...
     eval-adapter/              `hyplora eval` output for the model with the trained adapter
     summary.json               before/after accuracy and unparseable rate, the paths above, and the seconds
                                each stage took (model loading included) in the invocation that ran it
     results.md                 the before/after table
-
-The evaluation runner knows only the registered benchmarks, so the synthetic slice is given to it as the
-file of the ``multiarith`` task (``--task-file``): it is scored with the numeric-answer rules, and the eval
-directories name their files and columns ``multiarith``. The problems are the synthetic ones; the demo's
-own summary and table say so.
 
 Every stage resumes: a finished stage is reused, an interrupted training continues from its last checkpoint,
 and an interrupted evaluation generates only the missing examples.
@@ -37,13 +32,11 @@ from ..models import DEFAULT_MODEL
 from .config import write_json_atomic
 
 DEMO_RECIPE = "smollm2-demo"
-SCORED_AS = "multiarith"  # a numeric-answer task of the registry, whose scoring rules the slice uses
+EVAL_TASK = "builtin"  # the synthetic test split as an evaluation task (numeric-answer scoring)
 SETTINGS_NAME = "demo.json"
 SUMMARY_NAME = "summary.json"
 TABLE_NAME = "results.md"
-DATA_FILE = Path("data") / "builtin_test.json"
 BASE_DIR, TRAIN_DIR, ADAPTER_EVAL_DIR = "eval-base", "train", "eval-adapter"
-SYNTHETIC_TEST_SEED = 0
 
 
 @dataclass
@@ -66,11 +59,16 @@ class DemoSettings:
         return out
 
     def validate(self) -> None:
+        from ..data.synthetic import BUILTIN_TEST_SIZE
+
         for name, value in (("--eval-size", self.eval_size), ("--max-new-tokens", self.max_new_tokens),
                             ("--batch-size", self.batch_size), ("--max-steps", self.max_steps),
                             ("--train-samples", self.train_samples)):
             if value is not None and value < 1:
                 raise HypLoraUserError(f"{name} must be at least 1 (got {value})")
+        if self.eval_size > BUILTIN_TEST_SIZE:
+            raise HypLoraUserError(f"--eval-size must be at most {BUILTIN_TEST_SIZE}, the size of the builtin "
+                                   f"test split (got {self.eval_size})")
 
 
 @dataclass
@@ -119,17 +117,8 @@ def _previous_timings(path: Path) -> dict[str, float]:
     return {k: v for k, v in timings.items() if k != "total" and isinstance(v, (int, float))}
 
 
-def write_eval_slice(path: Path, size: int) -> Path:
-    """The first ``size`` problems of the synthetic test split, as an LLM-Adapters JSON file (atomically)."""
-    from ..data.synthetic import synthetic_records
-
-    records = synthetic_records("test", size, seed=SYNTHETIC_TEST_SEED)
-    write_json_atomic(path, [asdict(record) for record in records])
-    return path
-
-
 def _task_numbers(summary: dict) -> dict:
-    stats = summary["tasks"][SCORED_AS]
+    stats = summary["tasks"][EVAL_TASK]
     return {key: stats[key] for key in ("n", "correct", "accuracy", "unparseable", "unparseable_rate")}
 
 
@@ -151,6 +140,7 @@ def before_after_table(before: dict, after: dict, *, label_before: str, label_af
 
 def run_demo(settings: DemoSettings, *, log: Callable[[str], None] = print) -> DemoResult:
     """Evaluate, fine-tune with HypLoRA, evaluate again; write the outputs (module docstring) and return them."""
+    from ..data.synthetic import BUILTIN_TEST_SEED
     from ..evaluate.runner import EvalSettings, atomic_write_text, run_evaluation
     from .config import resolve_config
     from .trainer import SUMMARY_NAME as TRAIN_SUMMARY
@@ -174,13 +164,12 @@ def run_demo(settings: DemoSettings, *, log: Callable[[str], None] = print) -> D
         log(f"resuming the demo in {output_dir} (finished stages are reused)")
     else:
         write_json_atomic(output_dir / SETTINGS_NAME, {"identity": settings.identity()})
-    data_path = write_eval_slice(output_dir / DATA_FILE, settings.eval_size)
     timings = _previous_timings(output_dir / SUMMARY_NAME) if resuming else {}
 
     def evaluate(name: str, adapter: str | None, label: str) -> dict:
         eval_settings = EvalSettings(
-            model=settings.model, adapter=adapter, tasks=[SCORED_AS], output_dir=str(output_dir / name),
-            task_files={SCORED_AS: str(data_path)}, max_new_tokens=settings.max_new_tokens,
+            model=settings.model, adapter=adapter, tasks=[EVAL_TASK], output_dir=str(output_dir / name),
+            limit=settings.eval_size, max_new_tokens=settings.max_new_tokens,
             batch_size=settings.batch_size, template=train_config.template, label=label,
             progress=settings.progress,
         )
@@ -190,7 +179,7 @@ def run_demo(settings: DemoSettings, *, log: Callable[[str], None] = print) -> D
             timings[name] = round(time.perf_counter() - start, 2)
         return summary
 
-    slice_note = f"the first {settings.eval_size} problems of the built-in synthetic test split"
+    slice_note = f"the first {settings.eval_size} problems of the built-in synthetic test split (task {EVAL_TASK})"
     log(f"[1/3] evaluating {settings.model} without adapter on {slice_note} "
         f"(greedy, up to {settings.max_new_tokens} new tokens)")
     base = evaluate(BASE_DIR, None, f"{settings.model} (base)")
@@ -225,7 +214,6 @@ def run_demo(settings: DemoSettings, *, log: Callable[[str], None] = print) -> D
         "training_summary": str(train_summary_path),
         "eval_base": str(output_dir / BASE_DIR),
         "eval_adapter": str(output_dir / ADAPTER_EVAL_DIR),
-        "eval_data": str(data_path),
         "summary": str(output_dir / SUMMARY_NAME),
         "table": str(output_dir / TABLE_NAME),
     }
@@ -233,8 +221,8 @@ def run_demo(settings: DemoSettings, *, log: Callable[[str], None] = print) -> D
         "model": settings.model,
         "recipe": settings.recipe,
         "eval": {
-            "data": slice_note, "synthetic_seed": SYNTHETIC_TEST_SEED, "n": settings.eval_size,
-            "scored_as": SCORED_AS, "protocol": base["protocol"], "template": base["template"],
+            "data": slice_note, "task": EVAL_TASK, "synthetic_seed": BUILTIN_TEST_SEED, "n": settings.eval_size,
+            "protocol": base["protocol"], "template": base["template"],
             "decoding": base["generation"]["decoding"], "max_new_tokens": settings.max_new_tokens,
             "device": after.get("device"),
         },
