@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--tasks", required=True,
         help="comma-separated tasks and groups: math (mawps,svamp,gsm8k,aqua), math-all, commonsense, or names "
-             "such as gsm8k,svamp,boolq",
+             "such as gsm8k,svamp,boolq; builtin = the seeded synthetic test split (needs no data directory)",
     )
     parser.add_argument("--output-dir", required=True, help="directory for the JSON lines, summary and table")
     parser.add_argument("--data-dir", help="data directory holding test/ (default: $HYPLORA_DATA_DIR or ../shared/data)")

@@ -2,7 +2,7 @@
 
 Three kinds of task (see `hyplora.data.BENCHMARKS`):
 
-* numeric (gsm8k, svamp, mawps, addsub, multiarith, singleeq): the number after the last answer marker
+* numeric (gsm8k, svamp, mawps, addsub, multiarith, singleeq, builtin): the number after the last answer marker
   ("answer is", "answer:", "####", ``\\boxed{``), else the last number in the text. Numbers may carry
   thousands separators ("1,234"), a sign, decimals, a currency or percent sign, a trailing period, or be a
   simple fraction ("3/4"). Correct when ``|pred - gold| <= 1e-4 * max(1, |gold|)``.
