@@ -1,0 +1,40 @@
+"""The performance scripts of issue 6 run end to end on the CPU in their smoke modes (their numbers mean nothing
+here; benchmarks/RESULTS.md holds the GPU measurements)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> None:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_train_step_smoke_run_reports_ratios_to_lora(tmp_path):
+    out = tmp_path / "train_step.json"
+    run_script("train_step.py", "--tiny", "--device", "cpu", "--methods", "lora,hyplora-lorentz,hyplora-lorentz-full",
+               "--rounds", "2", "--json", str(out))
+    results = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"lora", "hyplora-lorentz", "hyplora-lorentz-full"}
+    assert results["lora"]["time_ratio"] == 1.0
+    for r in results.values():
+        assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+        assert r["final_loss"] == r["final_loss"]  # not NaN
+
+
+@pytest.mark.slow
+def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
+    out = tmp_path / "decode.json"
+    run_script("decode.py", "--tiny", "--model", "smollm2", "--methods", "base,lora,hyplora-lorentz",
+               "--batch-sizes", "1", "--json", str(out))
+    text = out.read_text()
+    assert "hyplora-lorentz" in text and "ratio_to_lora" in text
