@@ -1,0 +1,37 @@
+"""HypLoRA models go through torch.compile whole (no graph breaks), with the eager model's loss and gradients.
+
+Compiling the whole model is how its host-side dispatch cost goes away (CUDA graphs; benchmarks/RESULTS.md), so
+the branch must stay traceable. "aot_eager" traces the forward and the written-out backward exactly as
+inductor would, without generating code (which takes minutes on a CPU).
+"""
+
+import peft
+import pytest
+import torch
+
+from hyplora import HypLoraConfig
+
+from ..conftest import make_tiny_llama
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic", "lorentz-full"])
+def test_whole_model_compiles_without_graph_breaks(variant):
+    torch._dynamo.reset()
+    model = peft.get_peft_model(make_tiny_llama(), HypLoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], variant=variant,
+        init_lora_weights=False))
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        loss = fn(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    compiled_loss, compiled_grads = loss_and_grads(torch.compile(model, backend="aot_eager", fullgraph=True))
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=1e-6)
+    assert compiled_grads.keys() == eager_grads.keys()
+    assert any("lora_curvature" in n for n in compiled_grads) and any("lora_feature_scale" in n for n in compiled_grads)
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
