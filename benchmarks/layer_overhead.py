@@ -121,6 +121,9 @@ def main() -> None:
                per_call_us(in_backward(lambda: small.add_(1.0)), device, args.calls, args.repeats))
         record("... doing one Triton launch (gate_forward)", 8,
                per_call_us(in_backward(launch), device, args.calls, args.repeats))
+        with torch.autograd.set_multithreading_enabled(False):  # the backward on the calling (main) thread
+            record("... doing one Triton launch, autograd multithreading off", 8,
+                   per_call_us(in_backward(launch), device, args.calls, args.repeats))
     settings = [("lora", {}), ("lorentz", {}), ("stereographic", {}), ("lorentz-full", {})]
     if device.type == "cuda":
         settings += [("lorentz", {"HYPLORA_TRITON": "0"})]

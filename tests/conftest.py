@@ -75,3 +75,12 @@ def smollm2(_smollm2_pristine):
     import copy
 
     return copy.deepcopy(_smollm2_pristine)
+
+
+@pytest.fixture
+def no_data_dir(monkeypatch, tmp_path):
+    """A fresh machine: $HYPLORA_DATA_DIR names nothing and neither ../shared/data nor ./data exist."""
+    monkeypatch.setenv("HYPLORA_DATA_DIR", str(tmp_path / "no-such-data-dir"))
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)

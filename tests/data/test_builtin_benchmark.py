@@ -17,15 +17,6 @@ from hyplora.data.training_sets import BUILTIN_TRAIN_SIZE
 from hyplora.errors import HypLoraUserError
 
 
-@pytest.fixture
-def no_data_dir(monkeypatch, tmp_path):
-    """A fresh machine: $HYPLORA_DATA_DIR names nothing and neither ../shared/data nor ./data exist."""
-    monkeypatch.setenv("HYPLORA_DATA_DIR", str(tmp_path / "no-such-data-dir"))
-    work = tmp_path / "a" / "b"
-    work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-
-
 def test_registry_and_groups():
     bench = BENCHMARKS["builtin"]
     assert bench.generated and bench.file is None and bench.kind == "numeric" and not bench.approximate

@@ -18,15 +18,6 @@ from hyplora.evaluate.generation import Generated
 from hyplora.evaluate.runner import EvalSettings, run_evaluation
 
 
-@pytest.fixture
-def no_data_dir(monkeypatch, tmp_path):
-    """A fresh machine: $HYPLORA_DATA_DIR names nothing and neither ../shared/data nor ./data exist."""
-    monkeypatch.setenv("HYPLORA_DATA_DIR", str(tmp_path / "no-such-data-dir"))
-    work = tmp_path / "a" / "b"
-    work.mkdir(parents=True)
-    monkeypatch.chdir(work)
-
-
 def lines(path):
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 

@@ -62,13 +62,6 @@ def _gram_norm(z: Tensor, gram: Tensor) -> Tensor:
     return ((z @ gram) * z).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()
 
 
-def _exp_factor(norm_u: Tensor, sqrt_k: Tensor, theta_max: float) -> tuple[Tensor, Tensor]:
-    """``(g1, min(theta, theta_max))``: the exponential map's space part is ``g1 u``, ``theta = |u| / sqrt(K)``."""
-    theta = norm_u.clamp_min(1e-30) / sqrt_k
-    clamped = theta.clamp_max(theta_max)
-    return sinhc(clamped) * (clamped / theta), clamped
-
-
 def _sinhc_prime(theta: Tensor) -> Tensor:
     """d/dt (sinh t / t) = (t cosh t - sinh t) / t^2; its Taylor series below 0.5 (the closed form cancels)."""
     small = theta < 0.5
