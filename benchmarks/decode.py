@@ -15,7 +15,7 @@ methods alike. Each timed run is one ``model.generate`` call: greedy, KV cache (
 cache), random prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens,
 so EOS cannot shorten the work). tokens/s = batch x new tokens / seconds of the whole call (prefill included);
 CUDA is synchronized before and after. Warm-up runs (not timed) go first, per method and batch size, so that
-torch.compile, cuBLAS and the allocator are warm.
+Triton's kernel cache, cuBLAS and the allocator are warm.
 
 Columns: ms/step = median seconds / new tokens (prefill included); "/ LoRA" and "/ base" are ratios of median
 tokens/s; "paired / LoRA" is the range of the per-repeat ratios (same repeat, same drift); us/layer/step is the
@@ -187,17 +187,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             row["overhead_us_per_layer_step"] = None
     return {"model": name, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "repeats": len(seconds[methods[0]]), "warmup": args.warmup, "warmup_s": warmup_s,
-            "dynamo_unique_graphs": _dynamo_graphs(), "rows": rows}
-
-
-def _dynamo_graphs():
-    """How many graphs torch.compile has built so far in this process (the compiled gates), if known."""
-    try:
-        from torch._dynamo.utils import counters
-
-        return int(counters["stats"]["unique_graphs"])
-    except (ImportError, KeyError, TypeError, ValueError):
-        return None
+            "rows": rows}
 
 
 def print_case(case: dict) -> None:
@@ -258,8 +248,8 @@ def main(argv=None) -> int:
             case["wall_s"] = time.perf_counter() - start
             cases.append(case)
             print_case(case)
-            print(f"\n({name}, batch {batch}: {case['wall_s']:.1f} s, of which warm-up {case['warmup_s']:.1f} s; "
-                  f"torch.compile graphs so far: {case['dynamo_unique_graphs']})", flush=True)
+            print(f"\n({name}, batch {batch}: {case['wall_s']:.1f} s, of which warm-up {case['warmup_s']:.1f} s)",
+                  flush=True)
             if args.json:
                 write_json_atomic(args.json, {"header": header, "args": vars(args), "cases": cases})
         del models

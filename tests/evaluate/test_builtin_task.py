@@ -13,9 +13,10 @@ from hyplora.cli import main
 from hyplora.data import load_benchmark
 from hyplora.data.benchmarks import generated_description
 from hyplora.errors import HypLoraUserError
-from hyplora.evaluate import extract_answer, generation, score
-from hyplora.evaluate.generation import Generated
+from hyplora.evaluate import extract_answer, score
 from hyplora.evaluate.runner import EvalSettings, run_evaluation
+
+from .test_runner import scripted  # generation replaced by outputs computed from the prompt
 
 
 def lines(path):
@@ -40,16 +41,6 @@ def test_hyplora_protocol_reads_the_answer_marker_not_the_last_number():
     assert not score("builtin", output, "42", "reference").correct  # last number: 2
 
 
-def _scripted(monkeypatch, answer_for):
-    """Replace generation by outputs computed from the prompt (no model involved)."""
-    def fake(model, tokenizer, prompts, **kwargs):
-        batch = kwargs.get("batch_size", 4)
-        for start in range(0, len(prompts), batch):
-            yield [Generated(i, answer_for(prompts[i]), 3, True) for i in range(start, min(len(prompts), start + batch))]
-
-    monkeypatch.setattr(generation, "iter_generate", fake)
-
-
 def test_runner_scores_generated_records(tmp_path, no_data_dir, monkeypatch):
     records = load_benchmark("builtin")
     gold = {r.instruction: r.answer for r in records}
@@ -59,7 +50,7 @@ def test_runner_scores_generated_records(tmp_path, no_data_dir, monkeypatch):
         value = int(gold[question])
         return f"The answer is {value if value % 2 == 0 else value + 1}."
 
-    _scripted(monkeypatch, answer)
+    scripted(monkeypatch, answer)
     out = tmp_path / "out"
     settings = EvalSettings(model="scripted", tasks=["builtin"], output_dir=str(out), limit=20, batch_size=8,
                             progress=False)
@@ -123,7 +114,7 @@ def test_eval_cli_mixing_builtin_with_file_tasks_needs_the_data_dir(tiny_model_d
 def test_task_file_replaces_the_generated_records(tmp_path, no_data_dir, monkeypatch, write_records):
     path = write_records(tmp_path / "mine.json",
                          [{"instruction": "What is 2 plus 2?", "input": "", "output": "", "answer": "4"}])
-    _scripted(monkeypatch, lambda prompt: "The answer is 4.")
+    scripted(monkeypatch, lambda prompt: "The answer is 4.")
     settings = EvalSettings(model="scripted", tasks=["builtin"], output_dir=str(tmp_path / "out"),
                             task_files={"builtin": str(path)}, progress=False)
     stats = run_evaluation(settings, object(), object(), log=lambda *a: None)["tasks"]["builtin"]
