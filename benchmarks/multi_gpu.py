@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", help="where runs, logs and the report go (must not hold a report yet)")
     parser.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
     parser.add_argument("--gpus", type=int, default=2, help="GPUs for the ddp and fsdp runs (default 2)")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run (default 200)")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run (default 150)")
     parser.add_argument("--warmup", type=int, default=20, help="first steps left out of the timing (default 20)")
     parser.add_argument("--batch-size", type=int, default=16, help="per-GPU micro batch (default 16)")
     parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
@@ -74,8 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-train-samples", type=int, help="train on a seeded slice of the math set (default all)")
     parser.add_argument("--cpu-smoke-test", action="store_true",
                         help="run on the CPU (gloo; fsdp then runs as DDP): checks the script, the numbers mean nothing")
-    parser.add_argument("--run-timeout", type=int, default=150,
-                        help="seconds one run may take before its processes are killed (default 150)")
+    parser.add_argument("--run-timeout", type=int, default=250,
+                        help="seconds one run may take before its processes are killed (default 250)")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and print the plan; run nothing")
     parser.add_argument("--worker", metavar="SPEC", help=argparse.SUPPRESS)  # internal: one training process
     args = parser.parse_args(argv)
@@ -215,6 +215,9 @@ def worker(spec_path: str) -> None:
 
     train(resolve_config(spec["overrides"]), callbacks=[StepTimer()], disable_tqdm=True,
           log=print if rank == 0 else (lambda *_: None))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -225,8 +228,13 @@ def throughput(timing: dict, warmup: int) -> dict:
     global_batch = timing["per_device_batch"] * timing["gradient_accumulation_steps"] * timing["world_size"]
     timed_steps = len(times) - 1 - warmup
     seconds = times[-1] - times[warmup]
+    durations = sorted(b - a for a, b in zip(times[warmup:-1], times[warmup + 1:]))
+    half = len(durations) // 2
+    median = durations[half] if len(durations) % 2 else (durations[half - 1] + durations[half]) / 2
+    # the median step shows the steady state; the mean (samples_per_s) also counts logging and other slow steps
     return {"global_batch": global_batch, "timed_steps": timed_steps, "seconds": seconds,
-            "samples_per_s": global_batch * timed_steps / seconds, "steps_per_s": timed_steps / seconds}
+            "samples_per_s": global_batch * timed_steps / seconds, "steps_per_s": timed_steps / seconds,
+            "median_step_ms": 1000 * median, "max_step_ms": 1000 * durations[-1]}
 
 
 def _eval_examples(args, tokenizer, count: int = 16):
@@ -280,21 +288,23 @@ def markdown(report: dict) -> str:
          f"batch {report['batch_size']} x {report['grad_accum']} accumulation, cutoff {report['cutoff_len']}, "
          f"{report['precision']}; {report['versions']}."), "",
         f"Eval loss: 16 fixed training examples on the CPU; the base model's is {report['base_eval_loss']:.4f}.", "",
-        ("| run | GPUs | accelerate mode | global batch | samples/s | scaling vs 1 GPU | peak GiB/GPU | final loss "
-         "| eval loss | reload |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| run | GPUs | accelerate mode | global batch | samples/s | scaling vs 1 GPU | median step ms (max) "
+         "| peak GiB/GPU | final loss | eval loss | reload |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         if r.get("error"):
             error = r["error"].replace("|", "/")
-            lines.append(f"| {r['run']} | {r['processes']} | | {r['global_batch']} | failed: {error} | | | | | |")
+            lines.append(f"| {r['run']} | {r['processes']} | | {r['global_batch']} | failed: {error} | | | | | | |")
             continue
         t, check = r["throughput"], r.get("reload", {})
-        scaling = f"{r['scaling']:.2f}x" if r.get("scaling") else "1.00x (baseline)" if r["run"] == "1gpu" else "n/a"
+        scaling = (f"{r['scaling']:.2f}x (median step: {r['scaling_median']:.2f}x)" if r.get("scaling")
+                   else "1.00x (baseline)" if r["run"] == "1gpu" else "n/a")
         peak = max((m for m in r["peak_memory_gib"] if m is not None), default=None)
         lines.append(
             f"| {r['run']} | {r['processes']} | {r['distributed_type']}{' (sharded)' if r['sharded'] else ''} | "
             f"{t['global_batch']} | {t['samples_per_s']:.1f} | {scaling} | "
+            f"{t['median_step_ms']:.0f} ({t['max_step_ms']:.0f}) | "
             f"{'n/a' if peak is None else f'{peak:.2f}'} | {_number(r.get('final_loss'))} | "
             f"{check.get('eval_loss', float('nan')):.4f} | {'ok' if check.get('ok') else 'FAILED'} |"
         )
@@ -396,6 +406,9 @@ def run_all(args) -> int:
         if base is not None and not r.get("error") and r is not base:
             r["scaling"] = r["throughput"]["samples_per_s"] / base["throughput"]["samples_per_s"]
             r["meets_target"] = r["scaling"] >= TARGET_SCALING
+            # the same from median step times: insensitive to a single slow step in either run
+            t, t0 = r["throughput"], base["throughput"]
+            r["scaling_median"] = (t["global_batch"] / t["median_step_ms"]) / (t0["global_batch"] / t0["median_step_ms"])
 
     # reload every saved adapter on the CPU, against the base model (float32) on 16 fixed training examples
     from hyplora.models import load_model, load_tokenizer

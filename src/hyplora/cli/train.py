@@ -103,6 +103,15 @@ def _overrides(args) -> dict:
     return {k: v for k, v in vars(args).items() if k not in skip}
 
 
+def _release_process_group() -> None:
+    """The command owns its process: shut the process group down before exit (NCCL warns otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run(args) -> int:
     from ..training.config import list_recipes, resolve_config
     from ..training.trainer import CONFIG_NAME, train
@@ -142,6 +151,7 @@ def run(args) -> int:
         print(f"hyplora train: {config.method} on {config.data!r} with {config.model} -> {config.output_dir}")
     result = train(config, resume=args.resume, disable_tqdm=True if args.no_progress else None,
                    log=print if main else (lambda *_: None))
+    _release_process_group()
     if not main:
         return 0
     loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"

@@ -435,6 +435,9 @@ def train(
         # every trainable tensor of a LoRA, DoRA or HypLoRA adapter gets a gradient each step, so DDP need not
         # search the graph for unused ones (the Trainer's default for a PeftModel, an extra pass per step)
         ddp_find_unused_parameters=False,
+        # the base model is frozen, so its buffers (rotary frequencies) are equal on every rank and never change:
+        # DDP need not broadcast them before every forward, a collective that makes each rank wait for the others
+        ddp_broadcast_buffers=False,
     )
     trainer_cls = _make_trainer_class()
     trainer = trainer_cls(
