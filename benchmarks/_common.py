@@ -101,3 +101,15 @@ def write_json_atomic(path: str, payload) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
     os.replace(tmp, path)
+
+
+def allow_recompiles(count: int) -> None:
+    """Let torch.compile keep ``count`` graphs per function. The benchmarks compile one model per method, and the
+    models share their code objects (transformers' forward wrappers), so dynamo's default limit of 8 per code
+    object would silently send later methods back to eager execution."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), count))
+            break

@@ -12,7 +12,7 @@ hyplora-reference (compat="reference"); r = 32 on q, k, v, up, down; never merge
 resident at once (same base weights), so that the timed runs can interleave: every repeat runs each method
 once, in an order rotated from repeat to repeat, so that drift (clocks, temperature, other load) hits all
 methods alike. Each timed run is one ``model.generate`` call: greedy, KV cache (transformers' default dynamic
-cache), random prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens,
+cache; --cache static: a static cache, with which transformers compiles the decoding step on a GPU), random prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens,
 so EOS cannot shorten the work). tokens/s = batch x new tokens / seconds of the whole call (prefill included);
 CUDA is synchronized before and after. Warm-up runs (not timed) go first, per method and batch size, so that
 Triton's kernel cache, cuBLAS and the allocator are warm.
@@ -45,6 +45,7 @@ from _common import (
     TARGETS,
     TINY_SHAPES,
     adapter_config,
+    allow_recompiles,
     device_name,
     llama_model,
     synchronize,
@@ -70,6 +71,9 @@ def parse_args(argv=None):
                              "(at least --min-repeats are run, and every method runs equally often; 0: no limit)")
     parser.add_argument("--min-repeats", type=int, default=3)
     parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--cache", default="dynamic", choices=["dynamic", "static"],
+                        help="KV cache; static makes transformers torch.compile the decoding step on a GPU "
+                             "(reduce-overhead: CUDA graphs) for every method alike")
     parser.add_argument("--dtype", default=None, choices=["bf16", "fp32"], help="default: bf16 (fp32 with --tiny)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 with --tiny)")
@@ -122,9 +126,14 @@ def adapted_layers(model) -> int:
     return sum(isinstance(module, LoraLayer) for module in model.modules())
 
 
+CACHE = "dynamic"
+
+
 def generate_once(model, ids, mask, new_tokens: int, pad_id: int) -> torch.Tensor:
+    # a static cache makes transformers compile the decoding step (torch.compile, CUDA graphs) on a GPU
+    extra = {"cache_implementation": "static"} if CACHE == "static" else {}
     return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                          do_sample=False, use_cache=True, pad_token_id=pad_id)
+                          do_sample=False, use_cache=True, pad_token_id=pad_id, **extra)
 
 
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:
@@ -221,6 +230,10 @@ def print_case(case: dict) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    global CACHE
+    CACHE = args.cache
+    if CACHE == "static":  # one compiled decoding step per method and batch size
+        allow_recompiles(4 * len(args.method_list) * len(args.batch_list) * len(args.models))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -234,7 +247,7 @@ def main(argv=None) -> int:
                                                    if device.type == "cpu" else ""),
               versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
-              f"KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
+              f"{args.cache} KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
               f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]
     print("\n".join(header), flush=True)
     cases = []

@@ -6,7 +6,12 @@ and down projections, AdamW, one step = forward + backward + optimizer step. Pri
 min-max and ratios to LoRA, names the device and versions, and writes the numbers as JSON (--json).
 
     python benchmarks/train_step.py                       # on a GPU
+    python benchmarks/train_step.py --compile none,reduce-overhead   # eager and torch.compile'd, side by side
     python benchmarks/train_step.py --tiny --device cpu   # a quick smoke run anywhere
+
+--compile runs every method in each listed mode: "none" (eager) or a torch.compile mode ("default",
+"reduce-overhead" = with CUDA graphs, "max-autotune-no-cudagraphs"); the model is compiled whole, the optimizer
+step stays eager. Ratios compare methods in the same mode (HypLoRA compiled against LoRA compiled).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from _common import (
     METHODS,
     TARGETS,
     adapter_config,
+    allow_recompiles,
     device_name,
     llama_model,
     synchronize,
@@ -33,21 +39,31 @@ def build_model(args, device, dtype):
     return llama_model(shape, device, dtype, max_position_embeddings=max(2048, args.seq))
 
 
-def make_run(method: str, args, device, dtype):
+def split_run(run: str) -> tuple[str, str]:
+    """``"lora@reduce-overhead"`` -> ``("lora", "reduce-overhead")``; a plain method name runs eagerly."""
+    method, _, mode = run.partition("@")
+    return method, mode or "none"
+
+
+def make_run(run: str, args, device, dtype):
     import peft
 
+    method, mode = split_run(run)
     model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
+    forward = model if mode == "none" else torch.compile(model, mode=mode)
 
     def step():
-        loss = model(input_ids=ids, labels=ids).loss
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
+        loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return loss
+        return loss.detach().clone()
 
     return model, step
 
@@ -58,22 +74,6 @@ def timed(step, device) -> tuple[float, torch.Tensor]:
     loss = step()
     synchronize(device)
     return (time.perf_counter() - start) * 1e3, loss
-
-
-def measure_memory(method: str, args, device, dtype) -> float:
-    """Peak memory of a few steps with only this model on the device (GiB; NaN on CPU)."""
-    if device.type != "cuda":
-        return float("nan")
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
-    model, step = make_run(method, args, device, dtype)
-    for _ in range(3):
-        step()
-    synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
-    del model, step
-    torch.cuda.empty_cache()
-    return peak
 
 
 def profile_steps(method: str, step, device) -> dict:
@@ -98,12 +98,26 @@ def profile_steps(method: str, step, device) -> dict:
 
 def measure_all(args, device, dtype) -> list[dict]:
     """Memory one model at a time; then time with every model resident, round-robin (drift hits all alike)."""
-    methods = args.methods.split(",")
-    peaks = {method: measure_memory(method, args, device, dtype) for method in methods}
-    runs = {method: make_run(method, args, device, dtype) for method in methods}
-    for method, (_, step) in runs.items():
+    modes = [m.strip() for m in args.compile.split(",") if m.strip()]
+    methods = [f"{m}@{mode}" if mode != "none" else m for mode in modes for m in args.methods.split(",")]
+    if modes != ["none"]:
+        allow_recompiles(8 * len(methods))
+    peaks, runs = {}, {}
+    for method in methods:
+        # peak memory of this model's creation and warm-up steps above what the other models hold: the same as
+        # with this model alone on the device (allocated bytes, not the allocator's reserve)
+        synchronize(device)
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        start = time.perf_counter()
+        runs[method] = make_run(method, args, device, dtype)
         for _ in range(args.warmup):
-            step()
+            runs[method][1]()
+        synchronize(device)
+        print(f"built {method} and ran {args.warmup} warm-up steps in {time.perf_counter() - start:.1f} s", flush=True)
+        peaks[method] = ((torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == "cuda"
+                         else float("nan"))
     times = {method: [] for method in methods}
     losses = {}
     per_round = max(1, args.steps // args.rounds)
@@ -142,6 +156,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--compile", default="none",
+                        help="comma-separated modes, each run for every method: none (eager), default, "
+                             "reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs")
     parser.add_argument("--tiny", action="store_true", help="a small model for a quick smoke run")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--profile", action="store_true",
@@ -160,14 +177,15 @@ def main() -> None:
               f"| peft {peft.__version__}\nmodel: hidden {args.hidden}, intermediate {args.intermediate}, "
               f"{args.layers} layers, vocab {args.vocab}, {args.dtype}; batch {args.batch} x {args.seq}; r={args.rank} "
               f"on {','.join(TARGETS)}; AdamW; {args.steps} timed steps per method after {args.warmup} warm-up, "
-              f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory measured "
-              f"one model at a time")
+              f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory: a model's creation and "
+              f"warm-up above the memory the models built before it hold; compile modes: {args.compile} (method@mode: the model torch.compile'd whole)")
     print(header, flush=True)
     results = measure_all(args, device, dtype)
-    lora = next((r for r in results if r["method"] == "lora"), None)
     print("| method | step median ms | min-max ms | / LoRA | peak GiB | / LoRA |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in results:
+        method, mode = split_run(r["method"])
+        lora = next((q for q in results if q["method"] == ("lora" if mode == "none" else f"lora@{mode}")), None)
         time_ratio = r["median_ms"] / lora["median_ms"] if lora else float("nan")
         memory_ratio = r["peak_gib"] / lora["peak_gib"] if lora else float("nan")
         r.update(time_ratio=time_ratio, memory_ratio=memory_ratio)

@@ -35,3 +35,17 @@ def test_whole_model_compiles_without_graph_breaks(variant):
     assert any("lora_curvature" in n for n in compiled_grads) and any("lora_feature_scale" in n for n in compiled_grads)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic", "lorentz-full"])
+def test_compiled_inference_equals_eager(variant):
+    """Decoding under torch.compile (how transformers runs a static cache on a GPU) takes the inference path."""
+    torch._dynamo.reset()
+    model = peft.get_peft_model(make_tiny_llama(), HypLoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], variant=variant,
+        init_lora_weights=False)).eval()
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model(input_ids=ids).logits
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=ids).logits
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)

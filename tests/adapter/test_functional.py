@@ -38,6 +38,17 @@ def test_fast_form_equals_literal_form_float64(variant, K_value):
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
+def test_inference_path_equals_training_path(variant):
+    """Without autograd the branch takes |B z| from y = z B^T (no Gram matrix); with it, from B^T B."""
+    x, A, B, K, s = make_inputs(variant, seed=4)
+    with torch.no_grad():
+        inference = Fn.BRANCHES[variant](x, A, B, K, s, 2.0, 12.0)
+    training = Fn.BRANCHES[variant](x.clone().requires_grad_(True), A, B, K, s, 2.0, 12.0)
+    assert training.requires_grad and not inference.requires_grad
+    torch.testing.assert_close(inference, training.detach(), rtol=1e-10, atol=1e-300)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_of_fast_and_literal_forms_agree(variant):
     x, A, B, K, s = make_inputs(variant, seed=1)
     grads = []

@@ -185,6 +185,13 @@ def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, 
     return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram
 
 
+def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
+    """The two summed log-ratio gradients as the parameters' 1-element tensors (views: no extra kernels)."""
+    if rho.shape == (1,) and pair.dtype == rho.dtype:
+        return pair[0:1], pair[1:2]
+    return pair[0].reshape(rho.shape).to(rho.dtype), pair[1].reshape(rho.shape).to(rho.dtype)
+
+
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
@@ -208,27 +215,45 @@ class _GatedLowRank(torch.autograd.Function):
         #   dL/dx = P A + w x,   dL/dA = P^T x,   dL/dB = grad_out^T Z + B (a_raw^T diag(qa k_m) a_raw),
         #   dL/d rho_k = sum qa k_K,   dL/d rho_s = sum qa k_s.
         x, A, B, rho_k, rho_s, a_raw, z, coef, gram = ctx.saved_tensors
-        shape = x.shape
-        x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
-        grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
-        q = grad_out @ B
-        scaled = torch.linalg.vecdot(q, a_raw).unsqueeze(-1) * coef  # qa times each coefficient
+        needs = ctx.needs_input_grad
+        # torch.mm and skipped no-op casts: this runs once per layer and step, and its cost is host dispatch
+        x_cast = x.reshape(-1, x.shape[-1])
+        if x_cast.dtype != A.dtype:
+            x_cast = x_cast.to(A.dtype)
+        grad_out = grad_out.reshape(-1, B.shape[0])
+        if grad_out.dtype != A.dtype:
+            grad_out = grad_out.to(A.dtype)
+        q = torch.mm(grad_out, B)
+        scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
         beta = scaled[:, 1:2]
-        p = torch.addcmul(q * coef[:, :1], beta, a_raw @ gram)
+        p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        if ctx.needs_input_grad[1]:
-            grad_A = p.t() @ x_cast
-        if ctx.needs_input_grad[0]:
-            grad_x = (p @ A).addcmul_(x_cast, scaled[:, 2:3])  # in place: one float32 x-sized temporary fewer
+        if needs[1]:
+            grad_A = torch.mm(p.t(), x_cast)
+        if needs[0]:
+            grad_x = torch.mm(p, A).addcmul_(x_cast, scaled[:, 2:3])  # in place: one float32 x-sized temporary fewer
             del x_cast
-            grad_x = grad_x.to(x.dtype).reshape(shape)
-        if ctx.needs_input_grad[2]:
-            grad_B = torch.addmm(B @ ((a_raw * beta).t() @ a_raw), grad_out.t(), z)
+            grad_x = grad_x.to(x.dtype).view(x.shape)
+        if needs[2]:
+            grad_B = torch.addmm(torch.mm(B, torch.mm((a_raw * beta).t(), a_raw)), grad_out.t(), z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho = scaled[:, 3:].sum(dim=0)
-            grad_rho_k = grad_rho[0].reshape(rho_k.shape).to(rho_k.dtype)
-            grad_rho_s = grad_rho[1].reshape(rho_s.shape).to(rho_s.dtype)
+            grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
+
+
+def _lorentz_full_point(a_raw, a_time, norm_x, K, s, theta_max: float):
+    """The (r + 1)-point ``P = (sqrt(K + |h|^2), h)`` of "lorentz-full" and the quantities on the way to it."""
+    sqrt_k = K.sqrt()
+    n = norm_x.unsqueeze(-1) / s
+    theta = n.clamp_min(1e-30) / sqrt_k
+    clamped = theta > theta_max
+    c = theta.clamp_max(theta_max)
+    g1 = torch.where(clamped, math.sinh(theta_max) / theta, sinhc(c))
+    kcosh = sqrt_k * torch.cosh(c)
+    g1_s = g1 / s
+    h = a_raw * g1_s + kcosh * a_time
+    t = torch.hypot(torch.linalg.vector_norm(h, dim=-1, keepdim=True), sqrt_k)
+    return sqrt_k, n, theta, clamped, c, g1, kcosh, g1_s, t, h, torch.cat([t, h], dim=-1)
 
 
 def _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling: float, theta_max: float, with_coefficients):
@@ -244,17 +269,8 @@ def _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling: float, theta
     (4 x 3) matrix per token mapping ``(sigma, tau, rho, <q, P>)`` (see `_LorentzFullLowRank.backward`) to
     ``(w, K dL/dK, s dL/ds)``.
     """
-    sqrt_k = K.sqrt()
-    n = norm_x.unsqueeze(-1) / s
-    theta = n.clamp_min(1e-30) / sqrt_k
-    clamped = theta > theta_max
-    c = theta.clamp_max(theta_max)
-    g1 = torch.where(clamped, math.sinh(theta_max) / theta, sinhc(c))
-    kcosh = sqrt_k * torch.cosh(c)
-    g1_s = g1 / s
-    h = a_raw * g1_s + kcosh * a_time
-    t = torch.hypot(torch.linalg.vector_norm(h, dim=-1, keepdim=True), sqrt_k)
-    point = torch.cat([t, h], dim=-1)
+    sqrt_k, n, theta, clamped, c, g1, kcosh, g1_s, t, h, point = _lorentz_full_point(
+        a_raw, a_time, norm_x, K, s, theta_max)
     gram_point = point @ gram
     m = (point * gram_point).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()
     z = m / sqrt_k
@@ -336,10 +352,32 @@ class _LorentzFullLowRank(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_B = torch.addmm(B @ ((point * beta).t() @ point), grad_out.t(), Z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho = terms[:, 1:].sum(dim=0)
-            grad_rho_k = grad_rho[0].reshape(rho_k.shape).to(rho_k.dtype)
-            grad_rho_s = grad_rho[1].reshape(rho_s.shape).to(rho_s.dtype)
+            grad_rho_k, grad_rho_s = _split_rho_grads(terms[:, 1:].sum(dim=0), rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None
+
+
+def _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float) -> Tensor:
+    """Any variant's branch without autograd and without the Triton kernel (CPU, torch.compile).
+
+    Without a backward to feed there is no reason to go through ``B^T B``: ``y = Z' B^T`` is formed first (LoRA's
+    second matmul) and ``|B z|`` is read off it, ``|y|``. Under torch.compile this leaves the two matmuls, two
+    row norms and one fused elementwise kernel, which matters when decoding replays CUDA graphs.
+    """
+    shape = x.shape
+    x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
+    norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
+    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+    if variant == "lorentz-full":
+        point = _lorentz_full_point(x_cast @ A[:, 1:].t(), A[:, 0], norm_x, K, s, theta_max)[-1]
+        y = point @ B.t()
+        m = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+        out = y * (scaling * asinhc(m / K.sqrt()))
+    else:
+        y = (x_cast @ A.t()) @ B.t()  # B A x; the branch is (scaling G / s) times this, per token
+        n = norm_x.unsqueeze(-1) / s
+        m = torch.linalg.vector_norm(y, dim=-1, keepdim=True) / s
+        out = y * _gate_coefficients(n, m, K, s, variant, scaling, theta_max, False)[0]
+    return out.reshape(*shape[:-1], B.shape[0])
 
 
 def gated_branch(
@@ -349,6 +387,8 @@ def gated_branch(
     """Any variant's branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's parameterisation,
     which the kernels evaluate themselves)."""
     inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, rho_k, rho_s))
+    if inference and not kernels.usable(x, A, variant):
+        return _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
     if variant == "lorentz-full":
         if inference:
             return _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, False)[0]

@@ -38,13 +38,16 @@ VARIANT_IDS = {"lorentz": 0, "stereographic": 1, "lorentz-full": 2}
 
 
 def usable(x: torch.Tensor, A: torch.Tensor, variant: str) -> bool:
-    """Whether the Triton path applies: Triton present, CUDA tensors, float32 adapter, rank <= `MAX_RANK`.
+    """Whether the Triton path applies: Triton present, CUDA tensors, float32 adapter, rank <= `MAX_RANK`, and not
+    inside torch.compile (which traces the eager path and generates its own fused kernels).
 
     ``HYPLORA_TRITON=0`` turns it off; ``HYPLORA_TRITON=interpret`` also runs it on CPU tensors, in Triton's
     interpreter (which needs ``TRITON_INTERPRET=1`` before this module is imported): that is for tests.
     """
     mode = os.environ.get("HYPLORA_TRITON", "1")
     if triton is None or mode == "0" or variant not in VARIANT_IDS:
+        return False
+    if torch.compiler.is_compiling():  # torch.compile fuses the eager formulas itself (and can CUDA-graph them)
         return False
     # "lorentz-full" works on (r + 1)-points
     if A.dtype != torch.float32 or A.shape[0] + (variant == "lorentz-full") > MAX_RANK:
