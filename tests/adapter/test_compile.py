@@ -49,3 +49,22 @@ def test_compiled_inference_equals_eager(variant):
         eager = model(input_ids=ids).logits
         compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=ids).logits
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_triton_kernels_step_aside_inside_torch_compile(monkeypatch):
+    """Inside torch.compile the branch takes its torch path (inductor fuses it), never the Triton kernel."""
+    from hyplora.adapter import kernels
+
+    monkeypatch.setenv("HYPLORA_TRITON", "interpret")
+    x, A = torch.randn(3, 8), torch.randn(4, 8)
+    if not kernels.usable(x, A, "lorentz"):
+        pytest.skip("the Triton interpreter is not available here")
+    seen = []
+
+    def probe(t):
+        seen.append(kernels.usable(t, A, "lorentz"))
+        return t * 2
+
+    torch._dynamo.reset()
+    torch.compile(probe, backend="aot_eager", fullgraph=True)(x)
+    assert seen == [False]

@@ -359,9 +359,11 @@ class _LorentzFullLowRank(torch.autograd.Function):
 def _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float) -> Tensor:
     """Any variant's branch without autograd and without the Triton kernel (CPU, torch.compile).
 
-    Without a backward to feed there is no reason to go through ``B^T B``: ``y = Z' B^T`` is formed first (LoRA's
-    second matmul) and ``|B z|`` is read off it, ``|y|``. Under torch.compile this leaves the two matmuls, two
-    row norms and one fused elementwise kernel, which matters when decoding replays CUDA graphs.
+    Every variant's output is a per-token scalar times ``y = B z`` (``z = A x``, or the point ``P`` for
+    "lorentz-full"), and the scalar depends on ``|y|``. Without a backward to feed, the cheapest order is to form
+    ``y`` first (LoRA's two matmuls) and take its norm, instead of ``|B z|`` through ``B^T B`` as the training
+    path does. Under torch.compile this leaves the two matmuls, two row norms and one fused elementwise kernel,
+    which matters when decoding replays CUDA graphs.
     """
     shape = x.shape
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
