@@ -2,7 +2,9 @@
 
 For each variant (and the reference compat mode) it compares the outputs and the gradients with respect to
 x, A, B, K and s of the float32 GPU computation (bf16 input, as in training) with the float64 step-by-step
-form, and prints the largest relative errors. Exits non-zero when an error exceeds the tolerance.
+form, and the no-grad output (the decoding path), and prints the largest relative errors; then the same for
+the branches compiled whole by torch.compile (inductor), and, on a GPU, the Triton path against the eager path.
+Exits non-zero when an error exceeds the tolerance.
 
     python benchmarks/gpu_check.py
 """
@@ -26,7 +28,7 @@ def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     return ((value.double().cpu() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
 
 
-def check(variant: str, device: torch.device) -> dict[str, float]:
+def check(variant: str, device: torch.device, compiled: bool = False) -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     d_in, d_out, r, tokens = 4096, 1024, 32, 512
     full = variant == "lorentz-full"
@@ -49,11 +51,17 @@ def check(variant: str, device: torch.device) -> dict[str, float]:
     else:
         fast = lambda x, A, B, K, s: Fn.BRANCHES[variant](x, A, B, K, s, 4.0, 12.0)  # noqa: E731
         literal = lambda x, A, B, K, s: Fn.LITERAL_BRANCHES[variant](x, A, B, K, s, 4.0, 12.0)  # noqa: E731
-    gpu = run([x.float().to(device), A.to(device), B.to(device), K.to(device), s.to(device)], fast)
+    if compiled:  # inductor's fused kernels of the torch path (the Triton kernel steps aside under compile)
+        torch._dynamo.reset()
+        fast = torch.compile(fast, fullgraph=True, dynamic=False)
+    on_device = [x.float().to(device), A.to(device), B.to(device), K.to(device), s.to(device)]
+    gpu = run(on_device, fast)
     cpu = run([x.double(), A.double(), B.double(), K.double(), s.double()], literal)
     errors = {"output": relative_error(gpu[0], cpu[0])}
     for name, g, c in zip(["x", "A", "B", "K", "s"], gpu[1], cpu[1]):
         errors[f"grad {name}"] = relative_error(g, c)
+    with torch.no_grad():  # the inference path (decoding): no Gram matrix off the Triton path
+        errors["no-grad output"] = relative_error(fast(*on_device), cpu[0])
     return errors
 
 
@@ -93,6 +101,13 @@ def main() -> int:
     print("GPU fast path (Triton where usable) against the float64 literal reference on the CPU:")
     for variant in ["lorentz", "lorentz-full", "stereographic", "reference"]:
         errors = check(variant, device)
+        worst = max(errors.values())
+        failed |= worst > TOLERANCE
+        print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+              + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+    print("torch.compile'd (inductor, fullgraph) branches against the float64 literal reference on the CPU:")
+    for variant in ["lorentz", "lorentz-full", "stereographic"]:
+        errors = check(variant, device, compiled=True)
         worst = max(errors.values())
         failed |= worst > TOLERANCE
         print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
