@@ -9,7 +9,9 @@ min-max and ratios to LoRA, names the device and versions, and writes the number
     python benchmarks/train_step.py --compile none,reduce-overhead   # eager and torch.compile'd, side by side
     python benchmarks/train_step.py --tiny --device cpu   # a quick smoke run anywhere
 
---compile runs every method in each listed mode: "none" (eager) or a torch.compile mode ("default",
+--compile runs every method in each listed mode: "none" (eager), "main-thread" (eager, with the backward on the
+calling thread: torch.autograd.set_multithreading_enabled(False); on CUDA autograd otherwise runs it on a
+device thread, where each Python backward must take the GIL) or a torch.compile mode ("default",
 "reduce-overhead" = with CUDA graphs, "max-autotune-no-cudagraphs"); the model is compiled whole, the optimizer
 step stays eager. Ratios compare methods in the same mode (HypLoRA compiled against LoRA compiled).
 """
@@ -39,6 +41,9 @@ def build_model(args, device, dtype):
     return llama_model(shape, device, dtype, max_position_embeddings=max(2048, args.seq))
 
 
+EAGER_MODES = ("none", "main-thread")
+
+
 def split_run(run: str) -> tuple[str, str]:
     """``"lora@reduce-overhead"`` -> ``("lora", "reduce-overhead")``; a plain method name runs eagerly."""
     method, _, mode = run.partition("@")
@@ -54,13 +59,17 @@ def make_run(run: str, args, device, dtype):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     generator = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
-    forward = model if mode == "none" else torch.compile(model, mode=mode)
+    forward = model if mode in EAGER_MODES else torch.compile(model, mode=mode)
 
     def step():
         if mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
         loss = forward(input_ids=ids, labels=ids).loss
-        loss.backward()
+        if mode == "main-thread":
+            with torch.autograd.set_multithreading_enabled(False):
+                loss.backward()
+        else:
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss.detach().clone()
@@ -100,7 +109,7 @@ def measure_all(args, device, dtype) -> list[dict]:
     """Memory one model at a time; then time with every model resident, round-robin (drift hits all alike)."""
     modes = [m.strip() for m in args.compile.split(",") if m.strip()]
     methods = [f"{m}@{mode}" if mode != "none" else m for mode in modes for m in args.methods.split(",")]
-    if modes != ["none"]:
+    if any(mode not in EAGER_MODES for mode in modes):
         allow_recompiles(8 * len(methods))
     peaks, runs = {}, {}
     for method in methods:
@@ -157,13 +166,18 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--compile", default="none",
-                        help="comma-separated modes, each run for every method: none (eager), default, "
-                             "reduce-overhead (CUDA graphs), max-autotune-no-cudagraphs")
+                        help="comma-separated modes, each run for every method: none (eager), main-thread (eager, "
+                             "backward on the calling thread), default, reduce-overhead (CUDA graphs), "
+                             "max-autotune-no-cudagraphs")
     parser.add_argument("--tiny", action="store_true", help="a small model for a quick smoke run")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table, GPU busy time and kernels per step for each method")
     args = parser.parse_args()
+    known = EAGER_MODES + ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    unknown = [m for m in args.compile.split(",") if m.strip() not in known]
+    if unknown:
+        parser.error(f"unknown --compile mode(s) {unknown}; choose from {', '.join(known)}")
     if args.tiny:
         args.hidden, args.intermediate, args.heads, args.kv_heads, args.layers = 256, 512, 4, 2, 2
         args.vocab, args.seq, args.rank, args.steps, args.warmup = 1000, 64, 8, 3, 1

@@ -22,10 +22,14 @@ def run_script(name: str, *args: str) -> None:
 def test_train_step_smoke_run_reports_ratios_to_lora(tmp_path):
     out = tmp_path / "train_step.json"
     run_script("train_step.py", "--tiny", "--device", "cpu", "--methods", "lora,hyplora-lorentz,hyplora-lorentz-full",
-               "--rounds", "2", "--json", str(out))
+               "--rounds", "2", "--compile", "none,main-thread", "--json", str(out))
     results = {r["method"]: r for r in json.loads(out.read_text())["results"]}
-    assert set(results) == {"lora", "hyplora-lorentz", "hyplora-lorentz-full"}
-    assert results["lora"]["time_ratio"] == 1.0
+    methods = {"lora", "hyplora-lorentz", "hyplora-lorentz-full"}
+    assert set(results) == methods | {f"{m}@main-thread" for m in methods}
+    assert results["lora"]["time_ratio"] == 1.0 and results["lora@main-thread"]["time_ratio"] == 1.0
+    # each mode is compared with LoRA in the same mode
+    expected = results["hyplora-lorentz@main-thread"]["median_ms"] / results["lora@main-thread"]["median_ms"]
+    assert results["hyplora-lorentz@main-thread"]["time_ratio"] == pytest.approx(expected)
     for r in results.values():
         assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
         assert r["final_loss"] == r["final_loss"]  # not NaN
@@ -35,6 +39,6 @@ def test_train_step_smoke_run_reports_ratios_to_lora(tmp_path):
 def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
     out = tmp_path / "decode.json"
     run_script("decode.py", "--tiny", "--model", "smollm2", "--methods", "base,lora,hyplora-lorentz",
-               "--batch-sizes", "1", "--json", str(out))
+               "--batch-sizes", "1", "--cache", "static", "--json", str(out))
     text = out.read_text()
-    assert "hyplora-lorentz" in text and "ratio_to_lora" in text
+    assert "hyplora-lorentz" in text and "ratio_to_lora" in text and "static KV cache" in text
