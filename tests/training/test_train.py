@@ -95,3 +95,25 @@ def test_fp16_without_gpu_is_a_user_error(small_run):
         pytest.skip("a GPU is present")
     with pytest.raises(HypLoraUserError, match="fp16 needs a GPU"):
         _run({**small_run, "precision": "fp16"})
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(small_run, tmp_path):
+    """--torch-compile (the Trainer's torch.compile, inductor) follows the eager run's losses and saves the same
+    adapter files."""
+    torch._dynamo.reset()
+    # one batch holds all 16 examples, so every step has the same shape and compiles once
+    overrides = {**small_run, "method": "hyplora", "lora_dropout": 0.0, "max_steps": 3, "save_steps": 100,
+                 "max_train_samples": 16, "batch_size": 16}
+    eager = _run({**overrides, "output_dir": str(tmp_path / "eager")})
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    compiled = _run({**overrides, "output_dir": str(tmp_path / "compiled"), "torch_compile": True})
+    assert counters["stats"]["unique_graphs"] >= 1  # the model really went through torch.compile
+    eager_losses = [e["loss"] for e in read_log(eager.log_path)]
+    compiled_losses = [e["loss"] for e in read_log(compiled.log_path)]
+    assert len(compiled_losses) == 3
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert sorted(p.name for p in compiled.adapter_dir.iterdir()) == sorted(p.name for p in eager.adapter_dir.iterdir())
+    assert json.loads((compiled.output_dir / "config.json").read_text())["torch_compile"] is True

@@ -86,6 +86,9 @@ def register(subparsers) -> None:
     _add(g, "--fp32", dest="precision", action="store_const", const="fp32", help="same as --precision fp32")
     _add(g, "--gradient-checkpointing", dest="gradient_checkpointing", action=argparse.BooleanOptionalAction,
          help="recompute activations to save memory (default off)")
+    _add(g, "--torch-compile", dest="torch_compile", action=argparse.BooleanOptionalAction,
+         help="compile the model with torch.compile (inductor; the first steps compile, later ones are faster "
+              "on a GPU; default off)")
 
     g = parser.add_argument_group("bookkeeping")
     _add(g, "--logging-steps", dest="logging_steps", type=int, help="log every N steps (default 1)")

@@ -71,6 +71,7 @@ class TrainConfig:
     seed: int = 42
     precision: str = "fp32"
     gradient_checkpointing: bool = False
+    torch_compile: bool = False  # compile the model with torch.compile (inductor) through the Trainer
     # bookkeeping
     logging_steps: int = 1
     save_steps: int = 200
