@@ -68,3 +68,24 @@ def test_triton_kernels_step_aside_inside_torch_compile(monkeypatch):
     torch._dynamo.reset()
     torch.compile(probe, backend="aot_eager", fullgraph=True)(x)
     assert seen == [False]
+
+
+@pytest.mark.parametrize(("variant", "operation"), [("lorentz", "gated_terms"), ("stereographic", "gated_terms"),
+                                                    ("lorentz-full", "lorentz_full_terms")])
+def test_gates_enter_the_compiled_graph_as_one_opaque_operation(variant, operation):
+    """Traced, the gate formulas would be hundreds of elementwise nodes per layer, which inductor takes minutes to
+    compile for a whole model; as a torch.library operation they are one node (the Triton kernel on a GPU)."""
+    model = peft.get_peft_model(make_tiny_llama(), HypLoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"], variant=variant, init_lora_weights=False))
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module.print_readable(print_output=False))
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    torch.compile(model, backend=recording_backend, fullgraph=True)(input_ids=ids, labels=ids).loss.backward()
+    code = "\n".join(graphs)
+    assert code.count(f"torch.ops.hyplora.{operation}") >= 4  # q_proj and up_proj of both layers
+    assert "asinh" not in code  # the gate formulas themselves stay out of the graph

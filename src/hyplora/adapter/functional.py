@@ -171,18 +171,28 @@ def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, 
     a_raw = x_cast @ A.t()
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
     gram = B.t() @ B
-    if kernels.usable(x_cast, A, variant):
-        z, coef = kernels.gate_forward(
-            a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients
-        )
+    if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
+        z, coef = torch.ops.hyplora.gated_terms(
+            a_raw, norm_x, gram, rho_k, rho_s, float(k0), float(s0), variant, float(scaling), float(theta_max))
+        coef = coef if with_coefficients else None
     else:
-        K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
-        n = norm_x.unsqueeze(-1) / s
-        m = _gram_norm(a_raw, gram) / s
-        cG_s, coef = _gate_coefficients(n, m, K, s, variant, scaling, theta_max, with_coefficients)
-        z = a_raw * cG_s
+        z, coef = _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+                               with_coefficients)
     out = z @ B.t()
     return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram
+
+
+def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float,
+                 with_coefficients: bool):
+    """``(Z, coefficients)`` (see `_gate_coefficients`): the Triton kernel where it applies, else torch."""
+    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], variant):
+        return kernels.gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+                                    with_coefficients)
+    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+    n = norm_x.unsqueeze(-1) / s
+    m = _gram_norm(a_raw, gram) / s
+    cG_s, coef = _gate_coefficients(n, m, K, s, variant, scaling, theta_max, with_coefficients)
+    return a_raw * cG_s, coef
 
 
 def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
@@ -300,15 +310,74 @@ def _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling: float, theta_m
     a_raw = x_cast @ A[:, 1:].t()
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
     gram = B.t() @ B
-    if kernels.usable(x_cast, A, "lorentz-full"):
-        Z, terms = kernels.lorentz_full_forward(
-            a_raw, A[:, 0].contiguous(), norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients
-        )
+    a_time = A[:, 0].contiguous()
+    if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
+        Z, *terms = torch.ops.hyplora.lorentz_full_terms(
+            a_raw, a_time, norm_x, gram, rho_k, rho_s, float(k0), float(s0), float(scaling), float(theta_max))
+        terms = tuple(terms) if with_coefficients else None
     else:
-        K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
-        Z, terms = _lorentz_full_terms(a_raw, A[:, 0], norm_x, gram, K, s, scaling, theta_max, with_coefficients)
+        Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling,
+                                                 theta_max, with_coefficients)
     out = Z @ B.t()
     return out.reshape(*shape[:-1], B.shape[0]), Z, a_raw, terms, gram
+
+
+def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling: float,
+                                  theta_max: float, with_coefficients: bool):
+    """``(Z, terms)`` of `_lorentz_full_terms`: the Triton kernel where it applies, else torch."""
+    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz-full"):
+        return kernels.lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
+                                            with_coefficients)
+    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+    return _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling, theta_max, with_coefficients)
+
+
+# ------------------------------------------------------------------------- opaque operations for torch.compile
+# Traced into a compiled graph, the gate formulas (Taylor series, their derivatives, the backward coefficients)
+# are hundreds of elementwise operations per layer; inductor then takes minutes to generate code for a model
+# (about 9 s per adapted layer on a CPU, against 0.6 s for LoRA). As torch.library operations they are one node
+# each, whose implementation (the Triton kernel on a GPU) runs at run time, CUDA graphs included.
+def _gated_terms_op(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
+    return _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
+
+
+def _gated_terms_fake(a_raw, *_):
+    return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5))
+
+
+def _lorentz_full_terms_op(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max):
+    Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
+                                             True)
+    return (Z, *terms)
+
+
+def _lorentz_full_terms_fake(a_raw, *_):
+    rows, points = a_raw.shape[0], a_raw.shape[1] + 1
+    return (a_raw.new_empty((rows, points)), a_raw.new_empty((rows, points)), a_raw.new_empty((rows, points)),
+            a_raw.new_empty((rows, 4)), a_raw.new_empty((rows, 4, 3)))
+
+
+def _register_opaque_operations() -> bool:
+    """``torch.ops.hyplora.gated_terms`` and ``torch.ops.hyplora.lorentz_full_terms``; False before torch 2.4."""
+    custom_op = getattr(torch.library, "custom_op", None)
+    if custom_op is None:
+        return False
+    operations = [
+        ("gated_terms", _gated_terms_op, _gated_terms_fake,
+         "(Tensor a_raw, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
+         "float scaling, float theta_max) -> (Tensor, Tensor)"),
+        ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
+         "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
+         "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
+    ]
+    for name, implementation, fake, schema in operations:
+        if hasattr(torch.ops.hyplora, name):  # this module imported a second time
+            continue
+        custom_op(f"hyplora::{name}", implementation, mutates_args=(), schema=schema).register_fake(fake)
+    return True
+
+
+_OPAQUE_UNDER_COMPILE = _register_opaque_operations()
 
 
 class _LorentzFullLowRank(torch.autograd.Function):

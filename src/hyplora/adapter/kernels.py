@@ -37,22 +37,34 @@ MAX_RANK = 128  # a (rows x rank) tile and the rank x rank Gram matrix must fit 
 VARIANT_IDS = {"lorentz": 0, "stereographic": 1, "lorentz-full": 2}
 
 
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing the caller (False on torch versions without the query)."""
+    query = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(query()) if query is not None else False
+
+
 def usable(x: torch.Tensor, A: torch.Tensor, variant: str) -> bool:
     """Whether the Triton path applies: Triton present, CUDA tensors, float32 adapter, rank <= `MAX_RANK`, and not
-    inside torch.compile (which traces the eager path and generates its own fused kernels).
+    inside torch.compile (which gets the gate computation as one opaque operation, see `functional`).
 
     ``HYPLORA_TRITON=0`` turns it off; ``HYPLORA_TRITON=interpret`` also runs it on CPU tensors, in Triton's
     interpreter (which needs ``TRITON_INTERPRET=1`` before this module is imported): that is for tests.
     """
+    if is_compiling():
+        return False
+    # "lorentz-full" works on (r + 1)-points
+    return supports(x.device, A.dtype, A.shape[0] + (variant == "lorentz-full"), variant)
+
+
+def supports(device: torch.device, dtype: torch.dtype, points: int, variant: str) -> bool:
+    """`usable` for tensors on ``device`` with an adapter of ``dtype`` whose rank-space points have ``points``
+    coordinates (r, or r + 1 for "lorentz-full")."""
     mode = os.environ.get("HYPLORA_TRITON", "1")
     if triton is None or mode == "0" or variant not in VARIANT_IDS:
         return False
-    if torch.compiler.is_compiling():  # torch.compile fuses the eager formulas itself (and can CUDA-graph them)
+    if dtype != torch.float32 or points > MAX_RANK:
         return False
-    # "lorentz-full" works on (r + 1)-points
-    if A.dtype != torch.float32 or A.shape[0] + (variant == "lorentz-full") > MAX_RANK:
-        return False
-    return x.device.type == "cuda" or (x.device.type == "cpu" and INTERPRET and mode == "interpret")
+    return device.type == "cuda" or (device.type == "cpu" and INTERPRET and mode == "interpret")
 
 
 @functools.lru_cache(maxsize=None)
