@@ -438,7 +438,7 @@ def train(
         # the base model is frozen, so its buffers (rotary frequencies) are equal on every rank and never change:
         # DDP need not broadcast them before every forward, a collective that makes each rank wait for the others
         ddp_broadcast_buffers=False,
-        # the HypLoRA branch has no graph breaks and runs its torch formulas under compile (inductor fuses them)
+        # the HypLoRA branch has no graph breaks; its gates enter the graph as one opaque operation per layer
         torch_compile=config.torch_compile,
     )
     trainer_cls = _make_trainer_class()
