@@ -335,8 +335,9 @@ def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0,
 # ------------------------------------------------------------------------- opaque operations for torch.compile
 # Traced into a compiled graph, the gate formulas (Taylor series, their derivatives, the backward coefficients)
 # are hundreds of elementwise operations per layer; inductor then takes minutes to generate code for a model
-# (about 9 s per adapted layer on a CPU, against 0.6 s for LoRA). As torch.library operations they are one node
-# each, whose implementation (the Triton kernel on a GPU) runs at run time, CUDA graphs included.
+# (benchmarks/RESULTS.md: 182 s against LoRA's 34 s for the 8B-shaped model of train_step.py, on a CPU). As
+# torch.library operations they are one node each, whose implementation (the Triton kernel on a GPU) runs at
+# run time, CUDA graphs included.
 def _gated_terms_op(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
     return _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
 
