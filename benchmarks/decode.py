@@ -12,8 +12,9 @@ hyplora-reference (compat="reference"); r = 32 on q, k, v, up, down; never merge
 resident at once (same base weights), so that the timed runs can interleave: every repeat runs each method
 once, in an order rotated from repeat to repeat, so that drift (clocks, temperature, other load) hits all
 methods alike. Each timed run is one ``model.generate`` call: greedy, KV cache (transformers' default dynamic
-cache; --cache static: a static cache, with which transformers compiles the decoding step on a GPU), random prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens,
-so EOS cannot shorten the work). tokens/s = batch x new tokens / seconds of the whole call (prefill included);
+cache; --cache static: a static cache, with which transformers compiles the decoding step on a GPU), random
+prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens, so EOS cannot
+shorten the work). tokens/s = batch x new tokens / seconds of the whole call (prefill included);
 CUDA is synchronized before and after. Warm-up runs (not timed) go first, per method and batch size, so that
 Triton's kernel cache, cuBLAS and the allocator are warm.
 

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -228,13 +229,11 @@ def throughput(timing: dict, warmup: int) -> dict:
     global_batch = timing["per_device_batch"] * timing["gradient_accumulation_steps"] * timing["world_size"]
     timed_steps = len(times) - 1 - warmup
     seconds = times[-1] - times[warmup]
-    durations = sorted(b - a for a, b in zip(times[warmup:-1], times[warmup + 1:]))
-    half = len(durations) // 2
-    median = durations[half] if len(durations) % 2 else (durations[half - 1] + durations[half]) / 2
+    durations = [b - a for a, b in zip(times[warmup:-1], times[warmup + 1:])]
     # the median step shows the steady state; the mean (samples_per_s) also counts logging and other slow steps
     return {"global_batch": global_batch, "timed_steps": timed_steps, "seconds": seconds,
             "samples_per_s": global_batch * timed_steps / seconds, "steps_per_s": timed_steps / seconds,
-            "median_step_ms": 1000 * median, "max_step_ms": 1000 * durations[-1]}
+            "median_step_ms": 1000 * statistics.median(durations), "max_step_ms": 1000 * max(durations)}
 
 
 def _eval_examples(args, tokenizer, count: int = 16):
@@ -408,7 +407,8 @@ def run_all(args) -> int:
             r["meets_target"] = r["scaling"] >= TARGET_SCALING
             # the same from median step times: insensitive to a single slow step in either run
             t, t0 = r["throughput"], base["throughput"]
-            r["scaling_median"] = (t["global_batch"] / t["median_step_ms"]) / (t0["global_batch"] / t0["median_step_ms"])
+            r["scaling_median"] = ((t["global_batch"] / t["median_step_ms"])
+                                   / (t0["global_batch"] / t0["median_step_ms"]))
 
     # reload every saved adapter on the CPU, against the base model (float32) on 16 fixed training examples
     from hyplora.models import load_model, load_tokenizer

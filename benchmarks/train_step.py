@@ -191,8 +191,9 @@ def main() -> None:
               f"| peft {peft.__version__}\nmodel: hidden {args.hidden}, intermediate {args.intermediate}, "
               f"{args.layers} layers, vocab {args.vocab}, {args.dtype}; batch {args.batch} x {args.seq}; r={args.rank} "
               f"on {','.join(TARGETS)}; AdamW; {args.steps} timed steps per method after {args.warmup} warm-up, "
-              f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory: a model's creation and "
-              f"warm-up above the memory the models built before it hold; compile modes: {args.compile} (method@mode: the model torch.compile'd whole)")
+              f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory: a "
+              f"model's creation and warm-up above the memory the models built before it hold; modes: "
+              f"{args.compile} (method@mode: the model torch.compile'd whole, or main-thread)")
     print(header, flush=True)
     results = measure_all(args, device, dtype)
     print("| method | step median ms | min-max ms | / LoRA | peak GiB | / LoRA |")
