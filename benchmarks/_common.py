@@ -103,13 +103,24 @@ def write_json_atomic(path: str, payload) -> None:
     os.replace(tmp, path)
 
 
-def allow_recompiles(count: int) -> None:
-    """Let torch.compile keep ``count`` graphs per function. The benchmarks compile one model per method, and the
-    models share their code objects (transformers' forward wrappers), so dynamo's default limit of 8 per code
-    object would silently send later methods back to eager execution."""
+def compile_models_independently(count: int) -> None:
+    """Make torch.compile treat each benchmarked model as if it were the only one in the process.
+
+    The benchmarks compile one model per method, and the models share their code objects (transformers' and
+    peft's forward functions). Two dynamo defaults would otherwise make the comparison depend on the order in
+    which the models are compiled:
+
+    - at most 8 graphs per code object: later methods would silently fall back to eager execution;
+    - "automatic dynamic": a value that differs from the previous compilation of the same code is made a graph
+      input. The adapters' float ``scaling`` (alpha / r) differs between LoRA and HypLoRA, so every model
+      compiled after the first with another alpha got it as a float64 CPU tensor input, converted on every call,
+      and a CPU input makes inductor skip CUDA graphs. A single model in a training or decoding job never
+      sees this.
+    """
     import torch._dynamo.config as dynamo_config
 
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
         if hasattr(dynamo_config, name):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), count))
             break
+    dynamo_config.automatic_dynamic_shapes = False

@@ -46,7 +46,7 @@ from _common import (
     TARGETS,
     TINY_SHAPES,
     adapter_config,
-    allow_recompiles,
+    compile_models_independently,
     device_name,
     llama_model,
     synchronize,
@@ -81,6 +81,9 @@ def parse_args(argv=None):
     parser.add_argument("--tiny", action="store_true",
                         help="tiny models on CPU in float32, batch 1 and 2, 8 + 8 tokens: a smoke run")
     parser.add_argument("--json", help="write every number (raw times included) to this file")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed runs, profile one generate call per method (torch.profiler): GPU busy "
+                             "time and kernels per generated token, and the kernels that take the most GPU time")
     args = parser.parse_args(argv)
     if args.tiny:
         args.device = "cpu"
@@ -169,6 +172,9 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
         if args.max_seconds and repeat + 1 >= args.min_repeats and time.perf_counter() - case_start > args.max_seconds:
             break
 
+    profiles = {method: profile_generate(models[method], ids, mask, args, device) for method in methods} \
+        if args.profile and device.type == "cuda" else {}
+
     tokens = batch * args.new_tokens
     rows = []
     for method in methods:
@@ -179,7 +185,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
                      "tokens_per_s_min": min(rates), "tokens_per_s_max": max(rates),
                      "adapted_layers": adapted_layers(models[method]),
                      "same_tokens_as_base": bool(torch.equal(outputs[method], outputs["base"]))
-                     if "base" in outputs else None})
+                     if "base" in outputs else None, **profiles.get(method, {})})
     by_method = {row["method"]: row for row in rows}
     lora, base = by_method.get("lora"), by_method.get("base")
     for row in rows:
@@ -198,6 +204,28 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     return {"model": name, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "repeats": len(seconds[methods[0]]), "warmup": args.warmup, "warmup_s": warmup_s,
             "rows": rows}
+
+
+def profile_generate(model, ids, mask, args, device) -> dict:
+    """GPU busy time and kernel launches per generated token over one profiled ``generate`` call.
+
+    The profiler sees the kernels inside CUDA graph replays too, so this tells GPU-bound from host-bound
+    decoding (wall time per token well above GPU time per token) for compiled and eager decoding alike.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        generate_once(model, ids, mask, args.new_tokens, pad_id=0)
+        synchronize(device)
+    events = prof.key_averages()
+    kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
+    busy_us = sum(e.self_device_time_total for e in kernels)
+    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    return {"gpu_busy_us_per_token_step": busy_us / args.new_tokens,
+            "kernels_per_token_step": sum(e.count for e in kernels) / args.new_tokens,
+            "top_kernels": [{"name": e.key[:90], "count": e.count, "gpu_us": e.self_device_time_total}
+                            for e in top]}
 
 
 def print_case(case: dict) -> None:
@@ -223,6 +251,12 @@ def print_case(case: dict) -> None:
                 for row in case["rows"] if row["method"].startswith("hyplora") and row["ratio_to_lora"] is not None]
     if verdicts:
         print(f"\ntarget HypLoRA / LoRA tokens/s >= 0.95: {', '.join(verdicts)}")
+    for row in case["rows"]:
+        if "gpu_busy_us_per_token_step" in row:
+            print(f"\nprofile, {row['method']}: GPU busy {row['gpu_busy_us_per_token_step']:.0f} us and "
+                  f"{row['kernels_per_token_step']:.0f} kernels per decoding step (prefill included); top kernels:")
+            for kernel in row["top_kernels"]:
+                print(f"  {kernel['gpu_us'] / 1e3:8.2f} ms  x{kernel['count']:<6} {kernel['name']}")
     mismatched = [row["method"] for row in case["rows"] if row["same_tokens_as_base"] is False]
     if mismatched:
         print(f"note: tokens differ from the base model's for {mismatched} (fresh adapters add ~0; "
@@ -234,7 +268,7 @@ def main(argv=None) -> int:
     global CACHE
     CACHE = args.cache
     if CACHE == "static":  # one compiled decoding step per method and batch size
-        allow_recompiles(4 * len(args.method_list) * len(args.batch_list) * len(args.models))
+        compile_models_independently(4 * len(args.method_list) * len(args.batch_list) * len(args.models))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

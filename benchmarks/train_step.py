@@ -27,7 +27,7 @@ from _common import (
     METHODS,
     TARGETS,
     adapter_config,
-    allow_recompiles,
+    compile_models_independently,
     device_name,
     llama_model,
     synchronize,
@@ -110,7 +110,7 @@ def measure_all(args, device, dtype) -> list[dict]:
     modes = [m.strip() for m in args.compile.split(",") if m.strip()]
     methods = [f"{m}@{mode}" if mode != "none" else m for mode in modes for m in args.methods.split(",")]
     if any(mode not in EAGER_MODES for mode in modes):
-        allow_recompiles(8 * len(methods))
+        compile_models_independently(8 * len(methods))
     peaks, runs = {}, {}
     for method in methods:
         # peak memory of this model's creation and warm-up steps above what the other models hold: the same as

@@ -162,3 +162,40 @@ def test_gate_derivatives_match_autograd_across_their_series_cutoffs():
     t32 = t.detach().float()
     torch.testing.assert_close(Fn._sinhc_prime(t32).double(), d_sinhc, rtol=2e-5, atol=1e-30)
     torch.testing.assert_close(Fn._asinhc_prime(t32).double(), d_asinhc, rtol=2e-5, atol=1e-30)
+
+
+def _compiled_training_form(variant):
+    """The form torch.compile traces in training (|B A x| from y = B A x), applied outside torch.compile."""
+    def branch(x, A, B, K, s, scaling, theta_max):
+        return Fn._GatedLowRankCompiled.apply(x, A, B, K.log(), s.log(), 1.0, 1.0, variant, scaling, theta_max)
+    return branch
+
+
+@pytest.mark.parametrize("zero_B", [False, True])
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+def test_compiled_training_form_matches_literal_float64(variant, zero_B):
+    """Output and every gradient, also at B = 0 (LoRA's initialisation), where |B A x| = 0 and y = 0."""
+    x, A, B, K, s = make_inputs(variant, seed=5)
+    if zero_B:
+        B = torch.zeros_like(B)
+    results = []
+    for fn in (_compiled_training_form(variant), Fn.LITERAL_BRANCHES[variant]):
+        leaves = [t.clone().requires_grad_(True) for t in (x, A, B, K, s)]
+        out = fn(*leaves, 2.0, 12.0)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+        (out * weights).sum().backward()
+        results.append((out.detach(), [leaf.grad for leaf in leaves]))
+    (out, grads), (literal_out, literal_grads) = results
+    torch.testing.assert_close(out, literal_out, rtol=1e-10, atol=1e-300)
+    for got, want, name in zip(grads, literal_grads, ["x", "A", "B", "K", "s"]):
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12, msg=name)
+    if zero_B:
+        assert grads[2].abs().sum() > 0  # B still learns from zero
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+def test_compiled_training_form_gradcheck(variant):
+    x, A, B, K, s = make_inputs(variant, seed=6, d_in=5, d_out=4, r=3)
+    leaves = tuple(t.clone().requires_grad_(True) for t in (x[20:26], A, B, K, s))
+    assert torch.autograd.gradcheck(lambda *t: _compiled_training_form(variant)(*t, 2.0, 12.0), leaves)
