@@ -171,8 +171,13 @@ def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, 
     a_raw = x_cast @ A.t()
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
     gram = B.t() @ B
-    z, coef = _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
-                           with_coefficients)
+    if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
+        z, coef = torch.ops.hyplora.gated_terms(
+            a_raw, norm_x, gram, rho_k, rho_s, float(k0), float(s0), variant, float(scaling), float(theta_max))
+        coef = coef if with_coefficients else None
+    else:
+        z, coef = _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+                               with_coefficients)
     out = z @ B.t()
     return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram
 
@@ -242,58 +247,6 @@ class _GatedLowRank(torch.autograd.Function):
         if needs[2]:
             grad_B = torch.addmm(torch.mm(B, torch.mm((a_raw * beta).t(), a_raw)), grad_out.t(), z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
-        return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
-
-
-class _GatedLowRankCompiled(torch.autograd.Function):
-    """`_GatedLowRank` as torch.compile sees it in training: ``|B A x|`` from ``y = B A x`` instead of ``B^T B``.
-
-    In eager mode host dispatch dominates, and the Gram form keeps the backward to rank-sized operations. In a
-    compiled graph (CUDA graphs included) dispatch is gone and what counts is the number of kernels: the Gram form
-    adds small, split-K matrix products (``B^T B``, ``a B^T B``, ``a^T diag a``, ``B (r x r)``) to LoRA's. Here
-    the forward is LoRA's two products, ``|x|`` (fused with the cast of x), and one opaque operation that reads
-    y once and writes the per-token coefficients (`_gate_coefficients`); the backward recomputes y (one product,
-    so that no d_out-sized tensor is saved) and, with ``qa = <grad_out, y>`` per token,
-
-        dL/dy = (c G / s) grad_out + qa k_m y,   dL/dx = (dL/dy B) A + qa k_n x,   dL/dA = (dL/dy B)^T x,
-        dL/dB = dL/dy^T (x A^T),   dL/d rho_k = sum qa k_K,   dL/d rho_s = sum qa k_s,
-
-    which is LoRA's backward plus one product, a row reduction and elementwise terms that inductor fuses.
-    """
-
-    @staticmethod
-    def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
-        shape = x.shape
-        x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
-        a = x_cast @ A.t()
-        y = a @ B.t()
-        norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
-        coef = torch.ops.hyplora.gate_from_output(y, norm_x, rho_k, rho_s, float(k0), float(s0), variant,
-                                                  float(scaling), float(theta_max))
-        ctx.save_for_backward(x, A, B, rho_k, a, coef)
-        return (y * coef[:, :1]).reshape(*shape[:-1], B.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, A, B, rho_k, a, coef = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        x_cast = x.reshape(-1, x.shape[-1]).to(A.dtype)
-        grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
-        # recomputed, in a form that torch.compile's graph deduplication does not merge with the forward's
-        # product (merged, y would be saved for backward: d_out floats per token more than LoRA keeps)
-        y = torch.mm(a.unsqueeze(0).squeeze(0), B.t())
-        scaled = (grad_out * y).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
-        grad_y = grad_out * coef[:, :1] + scaled[:, 1:2] * y
-        grad_a = grad_y @ B
-        grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        if needs[0]:
-            grad_x = (grad_a @ A + scaled[:, 2:3] * x_cast).to(x.dtype).view(x.shape)
-        if needs[1]:
-            grad_A = grad_a.t() @ x_cast
-        if needs[2]:
-            grad_B = grad_y.t() @ a
-        if needs[3] or needs[4]:
             grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
@@ -385,19 +338,12 @@ def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0,
 # (benchmarks/RESULTS.md: 182 s against LoRA's 34 s for the 8B-shaped model of train_step.py, on a CPU). As
 # torch.library operations they are one node each, whose implementation (the Triton kernel on a GPU) runs at
 # run time, CUDA graphs included.
-def _gate_from_output(y, norm_x, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
-    """The coefficients of `_gate_coefficients` (rows x 5) from ``y = B A x`` and ``|x|``."""
-    if kernels.supports(y.device, y.dtype, 1, variant):
-        return kernels.gate_from_output(y.contiguous(), norm_x.contiguous(), rho_k, rho_s, k0, s0, variant, scaling,
-                                        theta_max)
-    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
-    n = norm_x.unsqueeze(-1) / s
-    m = (y * y).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt() / s
-    return _gate_coefficients(n, m, K, s, variant, scaling, theta_max, True)[1]
+def _gated_terms_op(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
+    return _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
 
 
-def _gate_from_output_fake(y, *_):
-    return y.new_empty((y.shape[0], 5))
+def _gated_terms_fake(a_raw, *_):
+    return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5))
 
 
 def _lorentz_full_terms_op(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max):
@@ -413,15 +359,14 @@ def _lorentz_full_terms_fake(a_raw, *_):
 
 
 def _register_opaque_operations() -> bool:
-    """``torch.ops.hyplora.gate_from_output`` and ``torch.ops.hyplora.lorentz_full_terms``; False before torch
-    2.4."""
+    """``torch.ops.hyplora.gated_terms`` and ``torch.ops.hyplora.lorentz_full_terms``; False before torch 2.4."""
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return False
     operations = [
-        ("gate_from_output", _gate_from_output, _gate_from_output_fake,
-         "(Tensor y, Tensor norm_x, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, float scaling, "
-         "float theta_max) -> Tensor"),
+        ("gated_terms", _gated_terms_op, _gated_terms_fake,
+         "(Tensor a_raw, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
+         "float scaling, float theta_max) -> (Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
          "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
@@ -522,8 +467,6 @@ def gated_branch(
         return _LorentzFullLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max)
     if inference:  # decoding: the same computation without an autograd node
         return _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max, False)[0]
-    if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
-        return _GatedLowRankCompiled.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
     return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
 
 

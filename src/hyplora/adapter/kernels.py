@@ -196,36 +196,6 @@ if triton is not None:
             tl.store(base + 4, -(cG_s + k_m * m * m * s * s + scaling * dG_dn * n / s), mask=row_mask)
 
 
-    @triton.jit(do_not_specialize=["T", "D"])
-    def _gate_from_output_kernel(
-        y_ptr, norm_ptr, rho_k_ptr, rho_s_ptr, coef_ptr,
-        T, D, k0, s0, scaling, theta_max, sinh_theta_max,
-        VARIANT: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
-    ):
-        """The five coefficients of `_gate_forward_kernel` from ``y = B A x`` (rows x D) and ``|x|``."""
-        rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-        row_mask = rows < T
-        squares = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
-        for start in range(0, D, BLOCK_D):
-            cols = start + tl.arange(0, BLOCK_D)
-            tile = tl.load(y_ptr + rows[:, None].to(tl.int64) * D + cols[None, :],
-                           mask=row_mask[:, None] & (cols < D)[None, :], other=0.0)
-            squares += tile * tile
-        K = k0 * tl.exp(tl.load(rho_k_ptr))
-        s = s0 * tl.exp(tl.load(rho_s_ptr))
-        m = tl.sqrt(tl.maximum(tl.sum(squares, axis=1), 1e-30)) / s
-        n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
-        G, dG_dn, dG_dm, dG_dK = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
-        cG_s = scaling * G / s
-        s3 = s * s * s
-        k_m = scaling * dG_dm / (m * s3)
-        base = coef_ptr + rows.to(tl.int64) * 5
-        tl.store(base, cG_s, mask=row_mask)
-        tl.store(base + 1, k_m, mask=row_mask)
-        tl.store(base + 2, scaling * dG_dn / (tl.maximum(n, 1e-30) * s3), mask=row_mask)
-        tl.store(base + 3, scaling * K * dG_dK / s, mask=row_mask)
-        tl.store(base + 4, -(cG_s + k_m * m * m * s * s + scaling * dG_dn * n / s), mask=row_mask)
-
     @triton.jit(do_not_specialize=["T"])
     def _lorentz_full_forward_kernel(
         a_ptr, at_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
@@ -317,20 +287,6 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
             BLOCK_R=block_r,
         )
     return z, (coef if with_coefficients else None)
-
-
-def gate_from_output(y, norm_x, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
-    """The per-token coefficients of `gate_forward` (rows x 5) from ``y = B A x`` (rows x d_out, contiguous
-    float32) instead of ``a = A x`` and ``B^T B``: one pass over y, for the torch.compile training path."""
-    rows, width = y.shape
-    coef = torch.empty((rows, 5), dtype=torch.float32, device=y.device)
-    theta, sinh_theta = _variant_constants(variant, theta_max)
-    if rows:
-        _gate_from_output_kernel[(triton.cdiv(rows, 8),)](
-            y, norm_x, rho_k, rho_s, coef, rows, width, float(k0), float(s0), float(scaling), theta, sinh_theta,
-            VARIANT=VARIANT_IDS[variant], BLOCK_T=8, BLOCK_D=256,
-        )
-    return coef
 
 
 def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients):
