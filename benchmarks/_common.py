@@ -103,6 +103,14 @@ def write_json_atomic(path: str, payload) -> None:
     os.replace(tmp, path)
 
 
+def device_kernels(prof) -> list:
+    """The GPU kernels and copies of a finished ``torch.profiler.profile``: device events that are not GPU-side user
+    annotations (such as ``Optimizer.step#AdamW.step``), whose spans would count idle gaps and the kernels
+    inside them a second time."""
+    return [e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")
+            and not getattr(e, "is_user_annotation", False)]
+
+
 def compile_models_independently(count: int) -> None:
     """Make torch.compile treat each benchmarked model as if it were the only one in the process.
 

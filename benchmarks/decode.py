@@ -47,6 +47,7 @@ from _common import (
     TINY_SHAPES,
     adapter_config,
     compile_models_independently,
+    device_kernels,
     device_name,
     llama_model,
     synchronize,
@@ -218,12 +219,12 @@ def profile_generate(model, ids, mask, args, device) -> dict:
     with profile(activities=activities) as prof:
         generate_once(model, ids, mask, args.new_tokens, pad_id=0)
         synchronize(device)
-    events = prof.key_averages()
-    kernels = [e for e in events if str(getattr(e, "device_type", "")).endswith("CUDA")]
-    busy_us = sum(e.self_device_time_total for e in kernels)
-    top = sorted(kernels, key=lambda e: e.self_device_time_total, reverse=True)[:12]
-    return {"gpu_busy_us_per_token_step": busy_us / args.new_tokens,
-            "kernels_per_token_step": sum(e.count for e in kernels) / args.new_tokens,
+    kernels = device_kernels(prof)
+    names = {e.name for e in kernels}
+    per_name = [e for e in prof.key_averages() if e.key in names]
+    top = sorted(per_name, key=lambda e: e.self_device_time_total, reverse=True)[:12]
+    return {"gpu_busy_us_per_token_step": sum(e.device_time_total for e in kernels) / args.new_tokens,
+            "kernels_per_token_step": len(kernels) / args.new_tokens,
             "top_kernels": [{"name": e.key[:90], "count": e.count, "gpu_us": e.self_device_time_total}
                             for e in top]}
 

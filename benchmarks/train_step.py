@@ -2,7 +2,7 @@
 
 Default configuration (issue 6): a Llama-3-8B-shaped model cut to 4 layers (hidden 4096, intermediate 14336,
 32 heads, 8 KV heads, vocabulary 32000) in bf16, random weights, batch 4 x 256 tokens, r = 32 on q, k, v, up
-and down projections, AdamW, one step = forward + backward + optimizer step. Prints a table of medians,
+and down projections, AdamW (fused on a GPU, as the Trainer's default), one step = forward + backward + optimizer step. Prints a table of medians,
 min-max and ratios to LoRA, names the device and versions, and writes the numbers as JSON (--json).
 
     python benchmarks/train_step.py                       # on a GPU
@@ -28,6 +28,7 @@ from _common import (
     TARGETS,
     adapter_config,
     compile_models_independently,
+    device_kernels,
     device_name,
     llama_model,
     synchronize,
@@ -56,7 +57,11 @@ def make_run(run: str, args, device, dtype):
     method, mode = split_run(run)
     model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    # "fused": one multi-tensor kernel per step, what the Hugging Face Trainer (and so `hyplora train`) uses on a
+    # GPU by default; "foreach" was this script's choice before, and costs host time per parameter tensor
+    # (HypLoRA has four per adapted layer, LoRA two)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-4, **{args.optimizer: True})
     generator = torch.Generator(device="cpu").manual_seed(1)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
     forward = model if mode in EAGER_MODES else torch.compile(model, mode=mode)
@@ -96,9 +101,9 @@ def profile_steps(method: str, step, device) -> dict:
             step()
         synchronize(device)
     events = prof.key_averages()
-    kernels = [e for e in events if getattr(e, "device_type", None) is not None and str(e.device_type).endswith("CUDA")]
-    gpu_ms = sum(e.self_device_time_total for e in kernels) / 1e3 / steps
-    launches = sum(e.count for e in kernels) / steps
+    kernels = device_kernels(prof)
+    gpu_ms = sum(e.device_time_total for e in kernels) / 1e3 / steps
+    launches = len(kernels) / steps
     print(f"--- profile of {steps} steps: {method}: GPU busy {gpu_ms:.1f} ms/step, {launches:.0f} kernels/step")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(events.table(sort_by=sort, row_limit=25, max_name_column_width=70))
@@ -170,6 +175,8 @@ def main() -> None:
                              "backward on the calling thread), default, reduce-overhead (CUDA graphs), "
                              "max-autotune-no-cudagraphs")
     parser.add_argument("--tiny", action="store_true", help="a small model for a quick smoke run")
+    parser.add_argument("--optimizer", choices=["fused", "foreach"], default=None,
+                        help="AdamW implementation (default: fused on CUDA, as the Trainer's default, else foreach)")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--profile", action="store_true",
                         help="print a torch.profiler table, GPU busy time and kernels per step for each method")
@@ -183,6 +190,7 @@ def main() -> None:
         args.vocab, args.seq, args.rank, args.steps, args.warmup = 1000, 64, 8, 3, 1
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    args.optimizer = args.optimizer or ("fused" if device.type == "cuda" else "foreach")
 
     import peft
     import transformers
@@ -190,7 +198,7 @@ def main() -> None:
     header = (f"device: {device_name(device)} | torch {torch.__version__} | transformers {transformers.__version__} "
               f"| peft {peft.__version__}\nmodel: hidden {args.hidden}, intermediate {args.intermediate}, "
               f"{args.layers} layers, vocab {args.vocab}, {args.dtype}; batch {args.batch} x {args.seq}; r={args.rank} "
-              f"on {','.join(TARGETS)}; AdamW; {args.steps} timed steps per method after {args.warmup} warm-up, "
+              f"on {','.join(TARGETS)}; AdamW ({args.optimizer}); {args.steps} timed steps per method after {args.warmup} warm-up, "
               f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory: a "
               f"model's creation and warm-up above the memory the models built before it hold; modes: "
               f"{args.compile} (method@mode: the model torch.compile'd whole, or main-thread)")

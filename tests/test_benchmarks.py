@@ -42,3 +42,21 @@ def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
                "--batch-sizes", "1", "--cache", "static", "--json", str(out))
     text = out.read_text()
     assert "hyplora-lorentz" in text and "ratio_to_lora" in text and "static KV cache" in text
+
+
+def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
+    """A GPU-side user annotation (``Optimizer.step#AdamW.step``) spans its kernels and the idle gaps between
+    them; counted as busy time it would double-count the optimizer."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _common import device_kernels
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    events = [SimpleNamespace(name="gemm", device_type="DeviceType.CUDA", is_user_annotation=False),
+              SimpleNamespace(name="Optimizer.step#AdamW.step", device_type="DeviceType.CUDA",
+                              is_user_annotation=True),
+              SimpleNamespace(name="aten::mm", device_type="DeviceType.CPU", is_user_annotation=False)]
+    kernels = device_kernels(SimpleNamespace(events=lambda: events))
+    assert [e.name for e in kernels] == ["gemm"]
