@@ -19,7 +19,8 @@ CUDA is synchronized before and after. Warm-up runs (not timed) go first, per me
 Triton's kernel cache, cuBLAS and the allocator are warm.
 
 Columns: ms/step = median seconds / new tokens (prefill included); "/ LoRA" and "/ base" are ratios of median
-tokens/s; "paired / LoRA" is the range of the per-repeat ratios (same repeat, same drift); us/layer/step is the
+tokens/s; "paired / LoRA" is the median and range of the per-repeat ratios (same repeat, same drift). The verdict
+against the 0.95 target takes the lower of the two ratio estimates. us/layer/step is the
 adapter's extra time per decoding step and adapted layer, (t_method - t_lora) / (new tokens x adapted layers)
 from median times (for LoRA itself: against the base). At batch 1 this is mostly the CPU time spent
 dispatching the branch's kernels.
@@ -194,6 +195,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
         row["ratio_to_base"] = row["tokens_per_s_median"] / base["tokens_per_s_median"] if base else None
         # paired ratios (same repeat, so the same drift): their spread shows how much the ratio can be trusted
         row["paired_ratio_to_lora"] = ([lora_s / t for t, lora_s in zip(row["seconds"], lora["seconds"])] if lora else None)
+        row["paired_ratio_to_lora_median"] = (statistics.median(row["paired_ratio_to_lora"]) if lora else None)
         reference = base if row["method"] == "lora" else lora
         layers = row["adapted_layers"]
         if reference is not None and layers and row["method"] != "base":
@@ -229,18 +231,25 @@ def profile_generate(model, ids, mask, args, device) -> dict:
                             for e in top]}
 
 
+def conservative_ratio(row: dict) -> float:
+    """The lower of the two estimates of HypLoRA / LoRA tokens/s: the ratio of the medians, and the median of
+    the per-repeat (paired) ratios. With noisy repeats they can differ by 0.1 (benchmarks/RESULTS.md)."""
+    return min(row["ratio_to_lora"], row["paired_ratio_to_lora_median"])
+
+
 def print_case(case: dict) -> None:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
     print(f"\n### {case['model']}, batch {case['batch']}: prompt {case['prompt_len']} + {case['new_tokens']} new "
           f"tokens, {case['repeats']} interleaved repeats (median, min-max)\n")
-    print("| method | tokens/s | min-max | ms/step | / LoRA | paired / LoRA min-max | / base | adapted layers "
+    print("| method | tokens/s | min-max | ms/step | / LoRA | paired / LoRA median (min-max) | / base | adapted layers "
           "| us/layer/step |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in case["rows"]:
         paired = row["paired_ratio_to_lora"]
-        paired_text = f"{min(paired):.3f}-{max(paired):.3f}" if paired else "-"
+        paired_text = (f"{row['paired_ratio_to_lora_median']:.3f} ({min(paired):.3f}-{max(paired):.3f})" if paired
+                       else "-")
         overhead = row["overhead_us_per_layer_step"]
         overhead_text = "-" if overhead is None else f"{overhead:.1f}" + (
             " (vs base)" if row["overhead_against"] == "base" else "")
@@ -248,10 +257,11 @@ def print_case(case: dict) -> None:
               f"{row['tokens_per_s_max']:.1f} | {row['median_s'] * 1e3 / case['new_tokens']:.2f} "
               f"| {fmt(row['ratio_to_lora'], '.3f')} | {paired_text} | {fmt(row['ratio_to_base'], '.3f')} "
               f"| {row['adapted_layers']} | {overhead_text} |")
-    verdicts = [f"{row['method'].removeprefix('hyplora-')} {'PASS' if row['ratio_to_lora'] >= 0.95 else 'FAIL'}"
+    verdicts = [f"{row['method'].removeprefix('hyplora-')} {'PASS' if conservative_ratio(row) >= 0.95 else 'FAIL'}"
                 for row in case["rows"] if row["method"].startswith("hyplora") and row["ratio_to_lora"] is not None]
     if verdicts:
-        print(f"\ntarget HypLoRA / LoRA tokens/s >= 0.95: {', '.join(verdicts)}")
+        print(f"\ntarget HypLoRA / LoRA tokens/s >= 0.95 (the lower of median ratio and paired median): "
+              f"{', '.join(verdicts)}")
     for row in case["rows"]:
         if "gpu_busy_us_per_token_step" in row:
             print(f"\nprofile, {row['method']}: GPU busy {row['gpu_busy_us_per_token_step']:.0f} us and "

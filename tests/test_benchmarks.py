@@ -3,6 +3,7 @@ here; benchmarks/RESULTS.md holds the GPU measurements)."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
                "--batch-sizes", "1", "--cache", "static", "--json", str(out))
     text = out.read_text()
     assert "hyplora-lorentz" in text and "ratio_to_lora" in text and "static KV cache" in text
+    rows = {row["method"]: row for row in json.loads(text)["cases"][0]["rows"]}
+    paired = rows["hyplora-lorentz"]["paired_ratio_to_lora"]
+    assert len(paired) == len(rows["lora"]["seconds"])
+    assert rows["hyplora-lorentz"]["paired_ratio_to_lora_median"] == pytest.approx(statistics.median(paired))
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
