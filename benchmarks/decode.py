@@ -194,8 +194,9 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
         row["ratio_to_lora"] = row["tokens_per_s_median"] / lora["tokens_per_s_median"] if lora else None
         row["ratio_to_base"] = row["tokens_per_s_median"] / base["tokens_per_s_median"] if base else None
         # paired ratios (same repeat, so the same drift): their spread shows how much the ratio can be trusted
-        row["paired_ratio_to_lora"] = ([lora_s / t for t, lora_s in zip(row["seconds"], lora["seconds"])] if lora else None)
-        row["paired_ratio_to_lora_median"] = (statistics.median(row["paired_ratio_to_lora"]) if lora else None)
+        paired = [lora_s / t for t, lora_s in zip(row["seconds"], lora["seconds"])] if lora else None
+        row["paired_ratio_to_lora"] = paired
+        row["paired_ratio_to_lora_median"] = statistics.median(paired) if paired else None
         reference = base if row["method"] == "lora" else lora
         layers = row["adapted_layers"]
         if reference is not None and layers and row["method"] != "base":

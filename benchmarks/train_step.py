@@ -2,8 +2,9 @@
 
 Default configuration (issue 6): a Llama-3-8B-shaped model cut to 4 layers (hidden 4096, intermediate 14336,
 32 heads, 8 KV heads, vocabulary 32000) in bf16, random weights, batch 4 x 256 tokens, r = 32 on q, k, v, up
-and down projections, AdamW (fused on a GPU, as the Trainer's default), one step = forward + backward + optimizer step. Prints a table of medians,
-min-max and ratios to LoRA, names the device and versions, and writes the numbers as JSON (--json).
+and down projections, AdamW (fused on a GPU, as the Trainer's default), one step = forward + backward +
+optimizer step. Prints a table of medians, min-max and ratios to LoRA, names the device and versions, and
+writes the numbers as JSON (--json).
 
     python benchmarks/train_step.py                       # on a GPU
     python benchmarks/train_step.py --compile none,reduce-overhead   # eager and torch.compile'd, side by side
@@ -198,7 +199,8 @@ def main() -> None:
     header = (f"device: {device_name(device)} | torch {torch.__version__} | transformers {transformers.__version__} "
               f"| peft {peft.__version__}\nmodel: hidden {args.hidden}, intermediate {args.intermediate}, "
               f"{args.layers} layers, vocab {args.vocab}, {args.dtype}; batch {args.batch} x {args.seq}; r={args.rank} "
-              f"on {','.join(TARGETS)}; AdamW ({args.optimizer}); {args.steps} timed steps per method after {args.warmup} warm-up, "
+              f"on {','.join(TARGETS)}; AdamW ({args.optimizer}); {args.steps} timed steps per method after "
+              f"{args.warmup} warm-up, "
               f"interleaved over {args.rounds} round-robin rounds with every model resident; peak memory: a "
               f"model's creation and warm-up above the memory the models built before it hold; modes: "
               f"{args.compile} (method@mode: the model torch.compile'd whole, or main-thread)")
