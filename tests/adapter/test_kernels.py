@@ -134,3 +134,23 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
     assert not kernels.usable(x, torch.zeros(kernels.MAX_RANK, 17, device=DEVICE), "lorentz-full")
     monkeypatch.setattr(kernels, "triton", None)
     assert not kernels.usable(x, A, "lorentz")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compiled_backward_kernel_matches_torch(interpreted, monkeypatch, case):
+    """The rank-space backward terms that compiled training takes from one operation: Triton against torch."""
+    rows, d_in, d_out, rank, x_scale, k0, s0, theta_max = case
+    x, A, B, rho_k, rho_s = _inputs(rows, d_in, d_out, rank, x_scale)
+    a_raw = x @ A.t()
+    gram = B.t() @ B
+    norm_x = torch.linalg.vector_norm(x, dim=-1)
+    _, coef = kernels.gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, "lorentz", 2.0, theta_max, True)
+    q = torch.randn(rows, d_out, generator=torch.Generator().manual_seed(3)).to(DEVICE) @ B
+    fused = kernels.gated_backward(q, a_raw, coef, gram)
+    monkeypatch.setenv("HYPLORA_TRITON", "0")
+    expected = Fn._gated_backward_terms(q, a_raw, coef, gram)
+    for got, want, what in zip(fused, expected, ["P", "w", "sums"]):
+        assert got.shape == want.shape, what
+        _close(got, want, 2e-5, what)
+    empty = kernels.gated_backward(q[:0], a_raw[:0], coef[:0], gram)
+    assert empty[0].shape == (0, rank) and torch.equal(empty[2], torch.zeros(rank * rank + 2, device=DEVICE))

@@ -195,6 +195,19 @@ def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scalin
     return a_raw * cG_s, coef
 
 
+def _gated_backward_terms(q, a_raw, coef, gram):
+    """The rank-space part of `_GatedLowRank.backward`, with ``qa = <q, a_raw>`` per token:
+    ``(P, w, sums)`` with ``P = (c G / s) q + qa k_m (B^T B) a_raw``, ``w = qa k_n`` and
+    ``sums = [(a_raw * qa k_m)^T a_raw (r*r, row-major), sum qa k_K, sum qa k_s]``."""
+    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz"):
+        return kernels.gated_backward(q.contiguous(), a_raw.contiguous(), coef.contiguous(), gram.contiguous())
+    scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef
+    beta = scaled[:, 1:2]
+    p = torch.addcmul(q * coef[:, :1], beta, a_raw @ gram)
+    outer = (a_raw * beta).t() @ a_raw
+    return p, scaled[:, 2].contiguous(), torch.cat([outer.reshape(-1), scaled[:, 3:].sum(dim=0)])
+
+
 def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
     """The two summed log-ratio gradients as the parameters' 1-element tensors (views: no extra kernels)."""
     if rho.shape == (1,) and pair.dtype == rho.dtype:
@@ -234,6 +247,10 @@ class _GatedLowRank(torch.autograd.Function):
         if grad_out.dtype != A.dtype:
             grad_out = grad_out.to(A.dtype)
         q = torch.mm(grad_out, B)
+        if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
+            # one opaque operation (one Triton kernel on a GPU) instead of about six small kernels and split-K
+            # products: in a compiled graph the number of kernels is what costs
+            return _compiled_backward(ctx, x, x_cast, A, B, rho_k, grad_out, q, a_raw, z, coef, gram)
         scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
         beta = scaled[:, 1:2]
         p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
@@ -249,6 +266,23 @@ class _GatedLowRank(torch.autograd.Function):
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
             grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
+
+
+def _compiled_backward(ctx, x, x_cast, A, B, rho_k, grad_out, q, a_raw, z, coef, gram):
+    """`_GatedLowRank.backward` as torch.compile traces it: the rank-space terms come from one opaque operation."""
+    needs = ctx.needs_input_grad
+    rank = a_raw.shape[1]
+    p, w, sums = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram)
+    grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
+    if needs[1]:
+        grad_A = torch.mm(p.t(), x_cast)
+    if needs[0]:
+        grad_x = torch.mm(p, A).addcmul_(x_cast, w.unsqueeze(-1)).to(x.dtype).view(x.shape)
+    if needs[2]:
+        grad_B = torch.addmm(torch.mm(B, sums[: rank * rank].view(rank, rank)), grad_out.t(), z)
+    if needs[3] or needs[4]:
+        grad_rho_k, grad_rho_s = _split_rho_grads(sums[rank * rank:], rho_k)
+    return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
 def _lorentz_full_point(a_raw, a_time, norm_x, K, s, theta_max: float):
@@ -346,6 +380,11 @@ def _gated_terms_fake(a_raw, *_):
     return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5))
 
 
+def _gated_backward_terms_fake(q, a_raw, coef, gram):
+    rows, rank = a_raw.shape
+    return torch.empty_like(a_raw), a_raw.new_empty((rows,)), a_raw.new_empty((rank * rank + 2,))
+
+
 def _lorentz_full_terms_op(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max):
     Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
                                              True)
@@ -359,7 +398,8 @@ def _lorentz_full_terms_fake(a_raw, *_):
 
 
 def _register_opaque_operations() -> bool:
-    """``torch.ops.hyplora.gated_terms`` and ``torch.ops.hyplora.lorentz_full_terms``; False before torch 2.4."""
+    """``torch.ops.hyplora.gated_terms``, ``gated_backward_terms`` and ``lorentz_full_terms``; False before torch
+    2.4."""
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return False
@@ -367,6 +407,8 @@ def _register_opaque_operations() -> bool:
         ("gated_terms", _gated_terms_op, _gated_terms_fake,
          "(Tensor a_raw, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
          "float scaling, float theta_max) -> (Tensor, Tensor)"),
+        ("gated_backward_terms", _gated_backward_terms, _gated_backward_terms_fake,
+         "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram) -> (Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
          "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),

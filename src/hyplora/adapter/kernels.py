@@ -197,6 +197,37 @@ if triton is not None:
 
 
     @triton.jit(do_not_specialize=["T"])
+    def _gated_backward_kernel(
+        q_ptr, a_ptr, coef_ptr, gram_ptr, p_ptr, w_ptr, partial_ptr,
+        T, R, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """The rank-space part of `functional._GatedLowRank.backward` for BLOCK_T tokens; per program, the partial
+        sums of ``(a * beta)^T a`` and of the two log-ratio gradients (summed over programs by the wrapper)."""
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
+        cols = tl.arange(0, BLOCK_R)
+        row_mask = rows < T
+        col_mask = cols < R
+        tile = rows[:, None].to(tl.int64) * R + cols[None, :]
+        mask = row_mask[:, None] & col_mask[None, :]
+        q = tl.load(q_ptr + tile, mask=mask, other=0.0)
+        a = tl.load(a_ptr + tile, mask=mask, other=0.0)
+        gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
+                       other=0.0)
+        base = coef_ptr + rows.to(tl.int64) * 5
+        c0 = tl.load(base, mask=row_mask, other=0.0)
+        qa = tl.sum(q * a, axis=1)
+        beta = qa * tl.load(base + 1, mask=row_mask, other=0.0)
+        p = c0[:, None] * q + beta[:, None] * tl.dot(a, gram, input_precision="ieee")
+        tl.store(p_ptr + tile, p, mask=mask)
+        tl.store(w_ptr + rows, qa * tl.load(base + 2, mask=row_mask, other=0.0), mask=row_mask)
+        outer = tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
+        out = partial_ptr + pid.to(tl.int64) * (R * R + 2)
+        tl.store(out + cols[:, None] * R + cols[None, :], outer, mask=col_mask[:, None] & col_mask[None, :])
+        tl.store(out + R * R, tl.sum(qa * tl.load(base + 3, mask=row_mask, other=0.0), axis=0))
+        tl.store(out + R * R + 1, tl.sum(qa * tl.load(base + 4, mask=row_mask, other=0.0), axis=0))
+
+    @triton.jit(do_not_specialize=["T"])
     def _lorentz_full_forward_kernel(
         a_ptr, at_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
@@ -287,6 +318,24 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
             BLOCK_R=block_r,
         )
     return z, (coef if with_coefficients else None)
+
+
+def gated_backward(q, a_raw, coef, gram):
+    """``(P, w, sums)`` of the gated branches' backward from ``q = grad_out B`` (rows x r), ``a = x A^T``, the
+    forward's coefficients and ``B^T B``: ``P = dL/da``, ``w`` the per-token factor of x in dL/dx, ``sums`` =
+    ``[(a * beta)^T a (r*r, row-major), dL/d rho_k, dL/d rho_s]`` (see `functional._gated_backward_terms`)."""
+    rows, rank = a_raw.shape
+    block_t, block_r = _rank_blocks(rank)
+    programs = max(1, triton.cdiv(rows, block_t))
+    p = torch.empty_like(a_raw)
+    w = torch.empty(rows, dtype=torch.float32, device=a_raw.device)
+    # every program writes its whole row; with no rows, the one row stays a zero sum
+    partials = (torch.empty if rows else torch.zeros)((programs, rank * rank + 2), dtype=torch.float32,
+                                                      device=a_raw.device)
+    if rows:
+        _gated_backward_kernel[(programs,)](q, a_raw, coef, gram, p, w, partials, rows, rank, BLOCK_T=block_t,
+                                            BLOCK_R=block_r)
+    return p, w, partials.sum(dim=0)
 
 
 def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients):
