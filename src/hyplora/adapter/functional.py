@@ -195,16 +195,22 @@ def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scalin
     return a_raw * cG_s, coef
 
 
-def _gated_backward_terms(q, a_raw, coef, gram):
-    """The rank-space part of `_GatedLowRank.backward`, with ``qa = <q, a_raw>`` per token:
-    ``(P, w, sums)`` with ``P = (c G / s) q + qa k_m (B^T B) a_raw``, ``w = qa k_n`` and
-    ``sums = [(a_raw * qa k_m)^T a_raw (r*r, row-major), sum qa k_K, sum qa k_s]``."""
-    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz"):
-        return kernels.gated_backward(q.contiguous(), a_raw.contiguous(), coef.contiguous(), gram.contiguous())
+def _gated_backward_rank_space(q, a_raw, coef, gram):
+    """The rank-space part of `_GatedLowRank.backward` in torch: ``(P, scaled, M)`` with ``qa = <q, a_raw>``,
+    ``scaled = qa * coefficients``, ``P = (c G / s) q + qa k_m (B^T B) a_raw`` and
+    ``M = a_raw^T diag(qa k_m) a_raw``."""
     scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef
     beta = scaled[:, 1:2]
-    p = torch.addcmul(q * coef[:, :1], beta, a_raw @ gram)
-    outer = (a_raw * beta).t() @ a_raw
+    p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
+    return p, scaled, torch.mm((a_raw * beta).t(), a_raw)
+
+
+def _gated_backward_terms(q, a_raw, coef, gram):
+    """`_gated_backward_rank_space` as one operation for torch.compile: ``(P, w, sums)`` with ``w = qa k_n`` and
+    ``sums = [M (r*r, row-major), sum qa k_K, sum qa k_s]``; the Triton kernel where it applies."""
+    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz"):
+        return kernels.gated_backward(q.contiguous(), a_raw.contiguous(), coef.contiguous(), gram.contiguous())
+    p, scaled, outer = _gated_backward_rank_space(q, a_raw, coef, gram)
     return p, scaled[:, 2].contiguous(), torch.cat([outer.reshape(-1), scaled[:, 3:].sum(dim=0)])
 
 
@@ -250,39 +256,24 @@ class _GatedLowRank(torch.autograd.Function):
         if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
             # one opaque operation (one Triton kernel on a GPU) instead of about six small kernels and split-K
             # products: in a compiled graph the number of kernels is what costs
-            return _compiled_backward(ctx, x, x_cast, A, B, rho_k, grad_out, q, a_raw, z, coef, gram)
-        scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
-        beta = scaled[:, 1:2]
-        p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
+            p, w, sums = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram)
+            rank = a_raw.shape[1]
+            w, outer, rho_sums = w.unsqueeze(-1), sums[: rank * rank].view(rank, rank), sums[rank * rank:]
+        else:
+            p, scaled, outer = _gated_backward_rank_space(q, a_raw, coef, gram)
+            w, rho_sums = scaled[:, 2:3], scaled[:, 3:].sum(dim=0)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
         if needs[1]:
             grad_A = torch.mm(p.t(), x_cast)
         if needs[0]:
-            grad_x = torch.mm(p, A).addcmul_(x_cast, scaled[:, 2:3])  # in place: one float32 x-sized temporary fewer
+            grad_x = torch.mm(p, A).addcmul_(x_cast, w)  # in place: one float32 x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).view(x.shape)
         if needs[2]:
-            grad_B = torch.addmm(torch.mm(B, torch.mm((a_raw * beta).t(), a_raw)), grad_out.t(), z)
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
+            grad_B = torch.addmm(torch.mm(B, outer), grad_out.t(), z)
+        if needs[3] or needs[4]:
+            grad_rho_k, grad_rho_s = _split_rho_grads(rho_sums, rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
-
-
-def _compiled_backward(ctx, x, x_cast, A, B, rho_k, grad_out, q, a_raw, z, coef, gram):
-    """`_GatedLowRank.backward` as torch.compile traces it: the rank-space terms come from one opaque operation."""
-    needs = ctx.needs_input_grad
-    rank = a_raw.shape[1]
-    p, w, sums = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram)
-    grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-    if needs[1]:
-        grad_A = torch.mm(p.t(), x_cast)
-    if needs[0]:
-        grad_x = torch.mm(p, A).addcmul_(x_cast, w.unsqueeze(-1)).to(x.dtype).view(x.shape)
-    if needs[2]:
-        grad_B = torch.addmm(torch.mm(B, sums[: rank * rank].view(rank, rank)), grad_out.t(), z)
-    if needs[3] or needs[4]:
-        grad_rho_k, grad_rho_s = _split_rho_grads(sums[rank * rank:], rho_k)
-    return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
 def _lorentz_full_point(a_raw, a_time, norm_x, K, s, theta_max: float):
