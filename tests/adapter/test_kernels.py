@@ -154,3 +154,22 @@ def test_compiled_backward_kernel_matches_torch(interpreted, monkeypatch, case):
         _close(got, want, 2e-5, what)
     empty = kernels.gated_backward(q[:0], a_raw[:0], coef[:0], gram)
     assert empty[0].shape == (0, rank) and torch.equal(empty[2], torch.zeros(rank * rank + 2, device=DEVICE))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lorentz_full_compiled_backward_kernel_matches_torch(interpreted, monkeypatch, case):
+    """"lorentz-full"'s rank-space backward terms as compiled training takes them: Triton against torch."""
+    rows, d_in, d_out, rank, x_scale, k0, s0, theta_max = case
+    x, A, B, rho_k, rho_s = _inputs(rows, d_in, d_out, rank, x_scale, variant="lorentz-full")
+    a_raw, a_time = x @ A[:, 1:].t(), A[:, 0].contiguous()
+    gram = B.t() @ B
+    norm_x = torch.linalg.vector_norm(x, dim=-1)
+    _, terms = kernels.lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, 2.0, theta_max, True)
+    q = torch.randn(rows, d_out, generator=torch.Generator().manual_seed(5)).to(DEVICE) @ B
+    args = (q, *terms, a_raw, a_time)
+    fused = kernels.lorentz_full_backward(*args)
+    monkeypatch.setenv("HYPLORA_TRITON", "0")
+    expected = Fn._lorentz_full_backward_terms(*args)
+    for got, want, what in zip(fused, expected, ["dL/d a_raw", "w", "sums"]):
+        assert got.shape == want.shape, what
+        _close(got, want, 2e-5, what)

@@ -388,9 +388,41 @@ def _lorentz_full_terms_fake(a_raw, *_):
             a_raw.new_empty((rows, 4)), a_raw.new_empty((rows, 4, 3)))
 
 
+def _lorentz_full_backward_rank_space(q, point, gram_point, scalars, coefficients, a_raw, a_time):
+    """The rank-space part of `_LorentzFullLowRank.backward` in torch: ``(dL/d a_raw, dL/dh, (w, K dL/dK,
+    s dL/ds) per token, P^T diag(beta) P)``."""
+    qP = torch.linalg.vecdot(q, point)
+    beta = qP.unsqueeze(-1) * scalars[:, 1:2]
+    dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
+    rho = dL_dP[:, :1]
+    dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
+    v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ a_time, rho.squeeze(-1), qP], dim=-1)
+    terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
+    return dL_dh * scalars[:, 2:3], dL_dh, terms, (point * beta).t() @ point
+
+
+def _lorentz_full_backward_terms(q, point, gram_point, scalars, coefficients, a_raw, a_time):
+    """`_lorentz_full_backward_rank_space` as one operation for torch.compile: ``(dL/d a_raw, w, sums)`` with
+    ``sums = [P^T diag(beta) P ((r+1)^2, row-major), dL/dh^T sqrt(K) cosh c (r), sum K dL/dK, sum s dL/ds]``;
+    the Triton kernel where it applies."""
+    if kernels.supports(a_raw.device, point.dtype, point.shape[1], "lorentz-full"):
+        return kernels.lorentz_full_backward(*(t.contiguous() for t in (q, point, gram_point, scalars, coefficients,
+                                                                          a_raw, a_time)))
+    p_a, dL_dh, terms, outer = _lorentz_full_backward_rank_space(q, point, gram_point, scalars, coefficients,
+                                                                  a_raw, a_time)
+    grad_time = (dL_dh.t() @ scalars[:, 3:4]).squeeze(-1)
+    return p_a, terms[:, 0].contiguous(), torch.cat([outer.reshape(-1), grad_time, terms[:, 1:].sum(dim=0)])
+
+
+def _lorentz_full_backward_terms_fake(q, point, gram_point, scalars, coefficients, a_raw, a_time):
+    rows, rank = a_raw.shape
+    return (torch.empty_like(a_raw), a_raw.new_empty((rows,)),
+            a_raw.new_empty(((rank + 1) ** 2 + rank + 2,)))
+
+
 def _register_opaque_operations() -> bool:
-    """``torch.ops.hyplora.gated_terms``, ``gated_backward_terms`` and ``lorentz_full_terms``; False before torch
-    2.4."""
+    """``torch.ops.hyplora.gated_terms``, ``gated_backward_terms``, ``lorentz_full_terms`` and
+    ``lorentz_full_backward_terms``; False before torch 2.4."""
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return False
@@ -400,6 +432,9 @@ def _register_opaque_operations() -> bool:
          "float scaling, float theta_max) -> (Tensor, Tensor)"),
         ("gated_backward_terms", _gated_backward_terms, _gated_backward_terms_fake,
          "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram) -> (Tensor, Tensor, Tensor)"),
+        ("lorentz_full_backward_terms", _lorentz_full_backward_terms, _lorentz_full_backward_terms_fake,
+         "(Tensor q, Tensor point, Tensor gram_point, Tensor scalars, Tensor coefficients, Tensor a_raw, "
+         "Tensor a_time) -> (Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
          "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
@@ -432,30 +467,34 @@ class _LorentzFullLowRank(torch.autograd.Function):
         # dL/dx = dL/d a_raw A_s + w x;  dL/dA = [dL/dh^T sqrt(K) cosh c | dL/d a_raw^T x];
         # dL/dB = grad_out^T Z + B (P^T diag(beta) P).
         x, A, B, rho_k, rho_s, a_raw, Z, point, gram_point, scalars, coefficients = ctx.saved_tensors
+        needs = ctx.needs_input_grad
         shape = x.shape
         x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
         grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
         q = grad_out @ B
-        qP = torch.linalg.vecdot(q, point)
-        beta = qP.unsqueeze(-1) * scalars[:, 1:2]
-        dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
-        rho = dL_dP[:, :1]
-        dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
-        v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ A[:, 0], rho.squeeze(-1), qP], dim=-1)
-        terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
+        a_time = A[:, 0]
+        if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():  # one operation: see _GatedLowRank.backward
+            p_a, w, sums = torch.ops.hyplora.lorentz_full_backward_terms(
+                q, point, gram_point, scalars, coefficients, a_raw, a_time.contiguous())
+            points, rank = point.shape[1], a_raw.shape[1]
+            outer = sums[: points * points].view(points, points)
+            grad_time, rho_sums = sums[points * points: -2].unsqueeze(-1), sums[-2:]
+            w = w.unsqueeze(-1)
+        else:
+            p_a, dL_dh, terms, outer = _lorentz_full_backward_rank_space(q, point, gram_point, scalars,
+                                                                          coefficients, a_raw, a_time)
+            grad_time, w, rho_sums = dL_dh.t() @ scalars[:, 3:4], terms[:, :1], terms[:, 1:].sum(dim=0)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            p_a = dL_dh * scalars[:, 2:3]
-        if ctx.needs_input_grad[1]:
-            grad_A = torch.cat([dL_dh.t() @ scalars[:, 3:4], p_a.t() @ x_cast], dim=1)
-        if ctx.needs_input_grad[0]:
-            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, terms[:, :1])  # in place: one x-sized temporary fewer
+        if needs[1]:
+            grad_A = torch.cat([grad_time, p_a.t() @ x_cast], dim=1)
+        if needs[0]:
+            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, w)  # in place: one x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).reshape(shape)
-        if ctx.needs_input_grad[2]:
-            grad_B = torch.addmm(B @ ((point * beta).t() @ point), grad_out.t(), Z)
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(terms[:, 1:].sum(dim=0), rho_k)
+        if needs[2]:
+            grad_B = torch.addmm(B @ outer, grad_out.t(), Z)
+        if needs[3] or needs[4]:
+            grad_rho_k, grad_rho_s = _split_rho_grads(rho_sums, rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None
 
 
