@@ -208,7 +208,7 @@ def _gated_backward_rank_space(q, a_raw, coef, gram):
 def _gated_backward_terms(q, a_raw, coef, gram):
     """`_gated_backward_rank_space` as one operation for torch.compile: ``(P, w, sums)`` with ``w = qa k_n`` and
     ``sums = [M (r*r, row-major), sum qa k_K, sum qa k_s]``; the Triton kernel where it applies."""
-    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz"):
+    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz"):  # the same kernel for both variants
         return kernels.gated_backward(q.contiguous(), a_raw.contiguous(), coef.contiguous(), gram.contiguous())
     p, scaled, outer = _gated_backward_rank_space(q, a_raw, coef, gram)
     return p, scaled[:, 2].contiguous(), torch.cat([outer.reshape(-1), scaled[:, 3:].sum(dim=0)])
@@ -476,7 +476,7 @@ class _LorentzFullLowRank(torch.autograd.Function):
         if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():  # one operation: see _GatedLowRank.backward
             p_a, w, sums = torch.ops.hyplora.lorentz_full_backward_terms(
                 q, point, gram_point, scalars, coefficients, a_raw, a_time.contiguous())
-            points, rank = point.shape[1], a_raw.shape[1]
+            points = point.shape[1]
             outer = sums[: points * points].view(points, points)
             grad_time, rho_sums = sums[points * points: -2].unsqueeze(-1), sums[-2:]
             w = w.unsqueeze(-1)
