@@ -298,7 +298,8 @@ if triton is not None:
     @triton.jit
     def _row_times_coefficients(v0, v1, v2, v3, base, j, row_mask):
         """Column j of ``(v0, v1, v2, v3) C`` per token, C the (4 x 3) row-major matrix at ``base``."""
-        return (v0 * tl.load(base + j, mask=row_mask, other=0.0) + v1 * tl.load(base + 3 + j, mask=row_mask, other=0.0)
+        return (v0 * tl.load(base + j, mask=row_mask, other=0.0)
+                + v1 * tl.load(base + 3 + j, mask=row_mask, other=0.0)
                 + v2 * tl.load(base + 6 + j, mask=row_mask, other=0.0)
                 + v3 * tl.load(base + 9 + j, mask=row_mask, other=0.0))
 
@@ -377,18 +378,22 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
     return z, (coef if with_coefficients else None)
 
 
+def _partials(rows: int, block_t: int, width: int, device) -> tuple[int, torch.Tensor]:
+    """``(programs, buffer)`` for a backward kernel whose programs each write one row of ``width`` partial sums
+    (summed by the caller, deterministically); with no rows, one row of zeros."""
+    programs = max(1, triton.cdiv(rows, block_t))
+    return programs, (torch.empty if rows else torch.zeros)((programs, width), dtype=torch.float32, device=device)
+
+
 def gated_backward(q, a_raw, coef, gram):
     """``(P, w, sums)`` of the gated branches' backward from ``q = grad_out B`` (rows x r), ``a = x A^T``, the
     forward's coefficients and ``B^T B``: ``P = dL/da``, ``w`` the per-token factor of x in dL/dx, ``sums`` =
     ``[(a * beta)^T a (r*r, row-major), dL/d rho_k, dL/d rho_s]`` (see `functional._gated_backward_terms`)."""
     rows, rank = a_raw.shape
     block_t, block_r = _rank_blocks(rank)
-    programs = max(1, triton.cdiv(rows, block_t))
+    programs, partials = _partials(rows, block_t, rank * rank + 2, a_raw.device)
     p = torch.empty_like(a_raw)
     w = torch.empty(rows, dtype=torch.float32, device=a_raw.device)
-    # every program writes its whole row; with no rows, the one row stays a zero sum
-    partials = (torch.empty if rows else torch.zeros)((programs, rank * rank + 2), dtype=torch.float32,
-                                                      device=a_raw.device)
     if rows:
         _gated_backward_kernel[(programs,)](q, a_raw, coef, gram, p, w, partials, rows, rank, BLOCK_T=block_t,
                                             BLOCK_R=block_r)
@@ -421,12 +426,9 @@ def lorentz_full_backward(q, point, gram_point, scalars, coefficients, a_raw, a_
     """``(dL/d a_raw, w, sums)`` of "lorentz-full"'s backward (see `functional._lorentz_full_backward_terms`)."""
     rows, rank = a_raw.shape
     block_t, block_r = _rank_blocks(rank + 1)
-    programs = max(1, triton.cdiv(rows, block_t))
+    programs, partials = _partials(rows, block_t, (rank + 1) ** 2 + rank + 2, a_raw.device)
     grad_a = torch.empty_like(a_raw)
     w = torch.empty(rows, dtype=torch.float32, device=a_raw.device)
-    width = (rank + 1) ** 2 + rank + 2
-    # every program writes its whole row; with no rows, the one row stays a zero sum
-    partials = (torch.empty if rows else torch.zeros)((programs, width), dtype=torch.float32, device=a_raw.device)
     if rows:
         _lorentz_full_backward_kernel[(programs,)](
             q, point, gram_point, scalars, coefficients, a_raw, a_time, grad_a, w, partials, rows, rank,
