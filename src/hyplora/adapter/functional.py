@@ -195,25 +195,6 @@ def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scalin
     return a_raw * cG_s, coef
 
 
-def _gated_backward_rank_space(q, a_raw, coef, gram):
-    """The rank-space part of `_GatedLowRank.backward` in torch: ``(P, scaled, M)`` with ``qa = <q, a_raw>``,
-    ``scaled = qa * coefficients``, ``P = (c G / s) q + qa k_m (B^T B) a_raw`` and
-    ``M = a_raw^T diag(qa k_m) a_raw``."""
-    scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef
-    beta = scaled[:, 1:2]
-    p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
-    return p, scaled, torch.mm((a_raw * beta).t(), a_raw)
-
-
-def _gated_backward_terms(q, a_raw, coef, gram):
-    """`_gated_backward_rank_space` as one operation for torch.compile: ``(P, w, sums)`` with ``w = qa k_n`` and
-    ``sums = [M (r*r, row-major), sum qa k_K, sum qa k_s]``; the Triton kernel where it applies."""
-    if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz"):  # the same kernel for both variants
-        return kernels.gated_backward(q.contiguous(), a_raw.contiguous(), coef.contiguous(), gram.contiguous())
-    p, scaled, outer = _gated_backward_rank_space(q, a_raw, coef, gram)
-    return p, scaled[:, 2].contiguous(), torch.cat([outer.reshape(-1), scaled[:, 3:].sum(dim=0)])
-
-
 def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
     """The two summed log-ratio gradients as the parameters' 1-element tensors (views: no extra kernels)."""
     if rho.shape == (1,) and pair.dtype == rho.dtype:
@@ -253,26 +234,20 @@ class _GatedLowRank(torch.autograd.Function):
         if grad_out.dtype != A.dtype:
             grad_out = grad_out.to(A.dtype)
         q = torch.mm(grad_out, B)
-        if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
-            # one opaque operation (one Triton kernel on a GPU) instead of about six small kernels and split-K
-            # products: in a compiled graph the number of kernels is what costs
-            p, w, sums = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram)
-            rank = a_raw.shape[1]
-            w, outer, rho_sums = w.unsqueeze(-1), sums[: rank * rank].view(rank, rank), sums[rank * rank:]
-        else:
-            p, scaled, outer = _gated_backward_rank_space(q, a_raw, coef, gram)
-            w, rho_sums = scaled[:, 2:3], scaled[:, 3:].sum(dim=0)
+        scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
+        beta = scaled[:, 1:2]
+        p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
         if needs[1]:
             grad_A = torch.mm(p.t(), x_cast)
         if needs[0]:
-            grad_x = torch.mm(p, A).addcmul_(x_cast, w)  # in place: one float32 x-sized temporary fewer
+            grad_x = torch.mm(p, A).addcmul_(x_cast, scaled[:, 2:3])  # in place: one float32 x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).view(x.shape)
         if needs[2]:
-            grad_B = torch.addmm(torch.mm(B, outer), grad_out.t(), z)
-        if needs[3] or needs[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(rho_sums, rho_k)
+            grad_B = torch.addmm(torch.mm(B, torch.mm((a_raw * beta).t(), a_raw)), grad_out.t(), z)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
@@ -371,11 +346,6 @@ def _gated_terms_fake(a_raw, *_):
     return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5))
 
 
-def _gated_backward_terms_fake(q, a_raw, coef, gram):
-    rows, rank = a_raw.shape
-    return torch.empty_like(a_raw), a_raw.new_empty((rows,)), a_raw.new_empty((rank * rank + 2,))
-
-
 def _lorentz_full_terms_op(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max):
     Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
                                              True)
@@ -388,41 +358,8 @@ def _lorentz_full_terms_fake(a_raw, *_):
             a_raw.new_empty((rows, 4)), a_raw.new_empty((rows, 4, 3)))
 
 
-def _lorentz_full_backward_rank_space(q, point, gram_point, scalars, coefficients, a_raw, a_time):
-    """The rank-space part of `_LorentzFullLowRank.backward` in torch: ``(dL/d a_raw, dL/dh, (w, K dL/dK,
-    s dL/ds) per token, P^T diag(beta) P)``."""
-    qP = torch.linalg.vecdot(q, point)
-    beta = qP.unsqueeze(-1) * scalars[:, 1:2]
-    dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
-    rho = dL_dP[:, :1]
-    dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
-    v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ a_time, rho.squeeze(-1), qP], dim=-1)
-    terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
-    return dL_dh * scalars[:, 2:3], dL_dh, terms, (point * beta).t() @ point
-
-
-def _lorentz_full_backward_terms(q, point, gram_point, scalars, coefficients, a_raw, a_time):
-    """`_lorentz_full_backward_rank_space` as one operation for torch.compile: ``(dL/d a_raw, w, sums)`` with
-    ``sums = [P^T diag(beta) P ((r+1)^2, row-major), dL/dh^T sqrt(K) cosh c (r), sum K dL/dK, sum s dL/ds]``;
-    the Triton kernel where it applies."""
-    if kernels.supports(a_raw.device, point.dtype, point.shape[1], "lorentz-full"):
-        return kernels.lorentz_full_backward(*(t.contiguous() for t in (q, point, gram_point, scalars, coefficients,
-                                                                          a_raw, a_time)))
-    p_a, dL_dh, terms, outer = _lorentz_full_backward_rank_space(q, point, gram_point, scalars, coefficients,
-                                                                  a_raw, a_time)
-    grad_time = (dL_dh.t() @ scalars[:, 3:4]).squeeze(-1)
-    return p_a, terms[:, 0].contiguous(), torch.cat([outer.reshape(-1), grad_time, terms[:, 1:].sum(dim=0)])
-
-
-def _lorentz_full_backward_terms_fake(q, point, gram_point, scalars, coefficients, a_raw, a_time):
-    rows, rank = a_raw.shape
-    return (torch.empty_like(a_raw), a_raw.new_empty((rows,)),
-            a_raw.new_empty(((rank + 1) ** 2 + rank + 2,)))
-
-
 def _register_opaque_operations() -> bool:
-    """``torch.ops.hyplora.gated_terms``, ``gated_backward_terms``, ``lorentz_full_terms`` and
-    ``lorentz_full_backward_terms``; False before torch 2.4."""
+    """``torch.ops.hyplora.gated_terms`` and ``torch.ops.hyplora.lorentz_full_terms``; False before torch 2.4."""
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return False
@@ -430,11 +367,6 @@ def _register_opaque_operations() -> bool:
         ("gated_terms", _gated_terms_op, _gated_terms_fake,
          "(Tensor a_raw, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
          "float scaling, float theta_max) -> (Tensor, Tensor)"),
-        ("gated_backward_terms", _gated_backward_terms, _gated_backward_terms_fake,
-         "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram) -> (Tensor, Tensor, Tensor)"),
-        ("lorentz_full_backward_terms", _lorentz_full_backward_terms, _lorentz_full_backward_terms_fake,
-         "(Tensor q, Tensor point, Tensor gram_point, Tensor scalars, Tensor coefficients, Tensor a_raw, "
-         "Tensor a_time) -> (Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
          "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
@@ -467,34 +399,30 @@ class _LorentzFullLowRank(torch.autograd.Function):
         # dL/dx = dL/d a_raw A_s + w x;  dL/dA = [dL/dh^T sqrt(K) cosh c | dL/d a_raw^T x];
         # dL/dB = grad_out^T Z + B (P^T diag(beta) P).
         x, A, B, rho_k, rho_s, a_raw, Z, point, gram_point, scalars, coefficients = ctx.saved_tensors
-        needs = ctx.needs_input_grad
         shape = x.shape
         x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
         grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
         q = grad_out @ B
-        a_time = A[:, 0]
-        if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():  # one operation: see _GatedLowRank.backward
-            p_a, w, sums = torch.ops.hyplora.lorentz_full_backward_terms(
-                q, point, gram_point, scalars, coefficients, a_raw, a_time.contiguous())
-            points = point.shape[1]
-            outer = sums[: points * points].view(points, points)
-            grad_time, rho_sums = sums[points * points: -2].unsqueeze(-1), sums[-2:]
-            w = w.unsqueeze(-1)
-        else:
-            p_a, dL_dh, terms, outer = _lorentz_full_backward_rank_space(q, point, gram_point, scalars,
-                                                                          coefficients, a_raw, a_time)
-            grad_time, w, rho_sums = dL_dh.t() @ scalars[:, 3:4], terms[:, :1], terms[:, 1:].sum(dim=0)
+        qP = torch.linalg.vecdot(q, point)
+        beta = qP.unsqueeze(-1) * scalars[:, 1:2]
+        dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
+        rho = dL_dP[:, :1]
+        dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
+        v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ A[:, 0], rho.squeeze(-1), qP], dim=-1)
+        terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        if needs[1]:
-            grad_A = torch.cat([grad_time, p_a.t() @ x_cast], dim=1)
-        if needs[0]:
-            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, w)  # in place: one x-sized temporary fewer
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            p_a = dL_dh * scalars[:, 2:3]
+        if ctx.needs_input_grad[1]:
+            grad_A = torch.cat([dL_dh.t() @ scalars[:, 3:4], p_a.t() @ x_cast], dim=1)
+        if ctx.needs_input_grad[0]:
+            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, terms[:, :1])  # in place: one x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).reshape(shape)
-        if needs[2]:
-            grad_B = torch.addmm(B @ outer, grad_out.t(), Z)
-        if needs[3] or needs[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(rho_sums, rho_k)
+        if ctx.needs_input_grad[2]:
+            grad_B = torch.addmm(B @ ((point * beta).t() @ point), grad_out.t(), Z)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            grad_rho_k, grad_rho_s = _split_rho_grads(terms[:, 1:].sum(dim=0), rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None
 
 

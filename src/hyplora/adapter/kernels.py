@@ -197,37 +197,6 @@ if triton is not None:
 
 
     @triton.jit(do_not_specialize=["T"])
-    def _gated_backward_kernel(
-        q_ptr, a_ptr, coef_ptr, gram_ptr, p_ptr, w_ptr, partial_ptr,
-        T, R, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-    ):
-        """The rank-space part of `functional._GatedLowRank.backward` for BLOCK_T tokens; per program, the partial
-        sums of ``(a * beta)^T a`` and of the two log-ratio gradients (summed over programs by the wrapper)."""
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-        cols = tl.arange(0, BLOCK_R)
-        row_mask = rows < T
-        col_mask = cols < R
-        tile = rows[:, None].to(tl.int64) * R + cols[None, :]
-        mask = row_mask[:, None] & col_mask[None, :]
-        q = tl.load(q_ptr + tile, mask=mask, other=0.0)
-        a = tl.load(a_ptr + tile, mask=mask, other=0.0)
-        gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
-                       other=0.0)
-        base = coef_ptr + rows.to(tl.int64) * 5
-        c0 = tl.load(base, mask=row_mask, other=0.0)
-        qa = tl.sum(q * a, axis=1)
-        beta = qa * tl.load(base + 1, mask=row_mask, other=0.0)
-        p = c0[:, None] * q + beta[:, None] * tl.dot(a, gram, input_precision="ieee")
-        tl.store(p_ptr + tile, p, mask=mask)
-        tl.store(w_ptr + rows, qa * tl.load(base + 2, mask=row_mask, other=0.0), mask=row_mask)
-        outer = tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
-        out = partial_ptr + pid.to(tl.int64) * (R * R + 2)
-        tl.store(out + cols[:, None] * R + cols[None, :], outer, mask=col_mask[:, None] & col_mask[None, :])
-        tl.store(out + R * R, tl.sum(qa * tl.load(base + 3, mask=row_mask, other=0.0), axis=0))
-        tl.store(out + R * R + 1, tl.sum(qa * tl.load(base + 4, mask=row_mask, other=0.0), axis=0))
-
-    @triton.jit(do_not_specialize=["T"])
     def _lorentz_full_forward_kernel(
         a_ptr, at_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
@@ -295,64 +264,6 @@ if triton is not None:
             tl.store(base + 11, 0.0 * t, mask=row_mask)
 
 
-    @triton.jit
-    def _row_times_coefficients(v0, v1, v2, v3, base, j, row_mask):
-        """Column j of ``(v0, v1, v2, v3) C`` per token, C the (4 x 3) row-major matrix at ``base``."""
-        return (v0 * tl.load(base + j, mask=row_mask, other=0.0)
-                + v1 * tl.load(base + 3 + j, mask=row_mask, other=0.0)
-                + v2 * tl.load(base + 6 + j, mask=row_mask, other=0.0)
-                + v3 * tl.load(base + 9 + j, mask=row_mask, other=0.0))
-
-    @triton.jit(do_not_specialize=["T"])
-    def _lorentz_full_backward_kernel(
-        q_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, a_ptr, at_ptr, pa_ptr, w_ptr, partial_ptr,
-        T, R, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-    ):
-        """The rank-space part of `functional._LorentzFullLowRank.backward` for BLOCK_T tokens; columns 0..R are
-        the (R + 1)-point, time first. Per program, the partial sums of ``(P * beta)^T P``, of
-        ``dL/dh^T sqrt(K) cosh c`` and of the two log-ratio gradients."""
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_T + tl.arange(0, BLOCK_T)
-        cols = tl.arange(0, BLOCK_R)
-        R1 = R + 1
-        row_mask = rows < T
-        in_p = cols < R1
-        in_h = (cols >= 1) & (cols <= R)
-        tile = rows[:, None].to(tl.int64) * R1 + cols[None, :]
-        mask = row_mask[:, None] & in_p[None, :]
-        q = tl.load(q_ptr + tile, mask=mask, other=0.0)
-        P = tl.load(p_ptr + tile, mask=mask, other=0.0)
-        GP = tl.load(gp_ptr + tile, mask=mask, other=0.0)
-        h_tile = rows[:, None].to(tl.int64) * R + (cols[None, :] - 1)
-        h_mask = row_mask[:, None] & in_h[None, :]
-        a_raw = tl.load(a_ptr + h_tile, mask=h_mask, other=0.0)
-        a_t = tl.load(at_ptr + (cols - 1), mask=in_h, other=0.0)
-        scal = scal_ptr + rows.to(tl.int64) * 4
-        qP = tl.sum(q * P, axis=1)
-        beta = qP * tl.load(scal + 1, mask=row_mask, other=0.0)
-        dP = tl.load(scal, mask=row_mask, other=0.0)[:, None] * q + beta[:, None] * GP
-        time = cols[None, :] == 0
-        rho = tl.sum(tl.where(time, dP, 0.0), axis=1)
-        p0 = tl.sum(tl.where(time, P, 0.0), axis=1)
-        p0 = tl.where(row_mask, p0, 1.0)
-        dh = tl.where(in_h[None, :], dP + (rho / p0)[:, None] * P, 0.0)
-        v0 = tl.sum(dh * a_raw, axis=1)
-        v1 = tl.sum(dh * a_t[None, :], axis=1)
-        base = c_ptr + rows.to(tl.int64) * 12  # (4 x 3) per token, row-major: (w, K dL/dK, s dL/ds) = v C
-        w = _row_times_coefficients(v0, v1, rho, qP, base, 0, row_mask)
-        k_term = _row_times_coefficients(v0, v1, rho, qP, base, 1, row_mask)
-        s_term = _row_times_coefficients(v0, v1, rho, qP, base, 2, row_mask)
-        tl.store(pa_ptr + h_tile, dh * tl.load(scal + 2, mask=row_mask, other=0.0)[:, None], mask=h_mask)
-        tl.store(w_ptr + rows, w, mask=row_mask)
-        outer = tl.dot(tl.trans(P * beta[:, None]), P, input_precision="ieee")
-        out = partial_ptr + pid.to(tl.int64) * (R1 * R1 + R + 2)
-        tl.store(out + cols[:, None] * R1 + cols[None, :], outer, mask=in_p[:, None] & in_p[None, :])
-        kcosh = tl.load(scal + 3, mask=row_mask, other=0.0)
-        tl.store(out + R1 * R1 + (cols - 1), tl.sum(dh * kcosh[:, None], axis=0), mask=in_h)
-        tl.store(out + R1 * R1 + R, tl.sum(k_term, axis=0))
-        tl.store(out + R1 * R1 + R + 1, tl.sum(s_term, axis=0))
-
-
 @functools.lru_cache(maxsize=None)
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
@@ -378,28 +289,6 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
     return z, (coef if with_coefficients else None)
 
 
-def _partials(rows: int, block_t: int, width: int, device) -> tuple[int, torch.Tensor]:
-    """``(programs, buffer)`` for a backward kernel whose programs each write one row of ``width`` partial sums
-    (summed by the caller, deterministically); with no rows, one row of zeros."""
-    programs = max(1, triton.cdiv(rows, block_t))
-    return programs, (torch.empty if rows else torch.zeros)((programs, width), dtype=torch.float32, device=device)
-
-
-def gated_backward(q, a_raw, coef, gram):
-    """``(P, w, sums)`` of the gated branches' backward from ``q = grad_out B`` (rows x r), ``a = x A^T``, the
-    forward's coefficients and ``B^T B``: ``P = dL/da``, ``w`` the per-token factor of x in dL/dx, ``sums`` =
-    ``[(a * beta)^T a (r*r, row-major), dL/d rho_k, dL/d rho_s]`` (see `functional._gated_backward_terms`)."""
-    rows, rank = a_raw.shape
-    block_t, block_r = _rank_blocks(rank)
-    programs, partials = _partials(rows, block_t, rank * rank + 2, a_raw.device)
-    p = torch.empty_like(a_raw)
-    w = torch.empty(rows, dtype=torch.float32, device=a_raw.device)
-    if rows:
-        _gated_backward_kernel[(programs,)](q, a_raw, coef, gram, p, w, partials, rows, rank, BLOCK_T=block_t,
-                                            BLOCK_R=block_r)
-    return p, w, partials.sum(dim=0)
-
-
 def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients):
     """``(Z, terms)`` of "lorentz-full": Z (rows x (r + 1)); terms = ``(P, P B^T B, scalars, C)`` for the backward
     (see `functional._lorentz_full_terms`), or None."""
@@ -420,18 +309,3 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scal
             WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r,
         )
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
-
-
-def lorentz_full_backward(q, point, gram_point, scalars, coefficients, a_raw, a_time):
-    """``(dL/d a_raw, w, sums)`` of "lorentz-full"'s backward (see `functional._lorentz_full_backward_terms`)."""
-    rows, rank = a_raw.shape
-    block_t, block_r = _rank_blocks(rank + 1)
-    programs, partials = _partials(rows, block_t, (rank + 1) ** 2 + rank + 2, a_raw.device)
-    grad_a = torch.empty_like(a_raw)
-    w = torch.empty(rows, dtype=torch.float32, device=a_raw.device)
-    if rows:
-        _lorentz_full_backward_kernel[(programs,)](
-            q, point, gram_point, scalars, coefficients, a_raw, a_time, grad_a, w, partials, rows, rank,
-            BLOCK_T=block_t, BLOCK_R=block_r,
-        )
-    return grad_a, w, partials.sum(dim=0)
