@@ -135,9 +135,27 @@ def adapted_layers(model) -> int:
 CACHE = "dynamic"
 
 
-def generate_once(model, ids, mask, new_tokens: int, pad_id: int) -> torch.Tensor:
-    # a static cache makes transformers compile the decoding step (torch.compile, CUDA graphs) on a GPU
-    extra = {"cache_implementation": "static"} if CACHE == "static" else {}
+def static_cache(model, max_len: int):
+    """One static KV cache for every ``generate`` call of a model at one batch size (None: dynamic cache).
+
+    A static cache makes transformers compile the decoding step (torch.compile, CUDA graphs) on a GPU. Given
+    ``cache_implementation="static"``, transformers 5 allocates a new cache in every call; the cache tensors are
+    static inputs of the recorded CUDA graphs, so at new addresses every step fails the graph's check and is
+    re-recorded, or not, depending on where the allocator puts the new cache: that made some methods replay their
+    graphs and others not, at random (benchmarks/RESULTS.md). A serving loop keeps its cache, and so does this.
+    """
+    if CACHE != "static":
+        return None
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=max_len)
+
+
+def generate_once(model, ids, mask, new_tokens: int, pad_id: int, cache=None) -> torch.Tensor:
+    extra = {}
+    if cache is not None:
+        cache.reset()  # in place: the tensors keep their addresses
+        extra["past_key_values"] = cache
     return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                           do_sample=False, use_cache=True, pad_token_id=pad_id, **extra)
 
@@ -149,10 +167,11 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     ids = torch.randint(1, vocab, (batch, args.prompt_len), generator=generator).to(device)
     mask = torch.ones_like(ids)
     expected = args.prompt_len + args.new_tokens
+    caches = {method: static_cache(model, expected) for method, model in models.items()}
     warmup_start = time.perf_counter()
     for method, model in models.items():
         for _ in range(args.warmup):
-            generate_once(model, ids, mask, args.new_tokens, pad_id=0)
+            generate_once(model, ids, mask, args.new_tokens, pad_id=0, cache=caches[method])
     synchronize(device)
     warmup_s = time.perf_counter() - warmup_start
 
@@ -165,7 +184,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
         for method in methods[shift:] + methods[:shift]:
             synchronize(device)
             start = time.perf_counter()
-            out = generate_once(models[method], ids, mask, args.new_tokens, pad_id=0)
+            out = generate_once(models[method], ids, mask, args.new_tokens, pad_id=0, cache=caches[method])
             synchronize(device)
             seconds[method].append(time.perf_counter() - start)
             if out.shape != (batch, expected):
@@ -174,7 +193,8 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
         if args.max_seconds and repeat + 1 >= args.min_repeats and time.perf_counter() - case_start > args.max_seconds:
             break
 
-    profiles = {method: profile_generate(models[method], ids, mask, args, device) for method in methods} \
+    profiles = {method: profile_generate(models[method], ids, mask, args, device, caches[method])
+                for method in methods} \
         if args.profile and device.type == "cuda" else {}
 
     tokens = batch * args.new_tokens
@@ -210,7 +230,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             "rows": rows}
 
 
-def profile_generate(model, ids, mask, args, device) -> dict:
+def profile_generate(model, ids, mask, args, device, cache=None) -> dict:
     """GPU busy time and kernel launches per generated token over one profiled ``generate`` call.
 
     The profiler sees the kernels inside CUDA graph replays too, so this tells GPU-bound from host-bound
@@ -220,7 +240,7 @@ def profile_generate(model, ids, mask, args, device) -> dict:
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        generate_once(model, ids, mask, args.new_tokens, pad_id=0)
+        generate_once(model, ids, mask, args.new_tokens, pad_id=0, cache=cache)
         synchronize(device)
     kernels = device_kernels(prof)
     names = {e.name for e in kernels}
