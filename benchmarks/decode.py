@@ -12,11 +12,15 @@ hyplora-reference (compat="reference"); r = 32 on q, k, v, up, down; never merge
 resident at once (same base weights), so that the timed runs can interleave: every repeat runs each method
 once, in an order rotated from repeat to repeat, so that drift (clocks, temperature, other load) hits all
 methods alike. Each timed run is one ``model.generate`` call: greedy, KV cache (transformers' default dynamic
-cache; --cache static: a static cache, with which transformers compiles the decoding step on a GPU), random
+cache; --cache static: a static cache, one per method and batch size kept from call to call, with which
+transformers compiles the decoding step on a GPU), random
 prompts of --prompt-len tokens, exactly --new-tokens new tokens (min_new_tokens = max_new_tokens, so EOS cannot
 shorten the work). tokens/s = batch x new tokens / seconds of the whole call (prefill included);
 CUDA is synchronized before and after. Warm-up runs (not timed) go first, per method and batch size, so that
 Triton's kernel cache, cuBLAS and the allocator are warm.
+
+Each repeat also times a call that makes one token, the prefill alone (transformers runs it eager, outside the
+compiled decoding step), and the lines after each table give the decoding steps without it.
 
 Columns: ms/step = median seconds / new tokens (prefill included); "/ LoRA" and "/ base" are ratios of median
 tokens/s; "paired / LoRA" is the median and range of the per-repeat ratios (same repeat, same drift). The verdict
@@ -177,6 +181,9 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
 
     methods = list(models)
     seconds = {method: [] for method in methods}
+    # a call making one token is the prefill alone (transformers runs it outside the compiled step): timed in
+    # the same repeat, it gives the decoding steps' own time, t(new tokens) - t(1), over new tokens - 1 steps
+    prefill_seconds = {method: [] for method in methods}
     outputs = {}
     case_start = time.perf_counter()
     for repeat in range(args.repeats):
@@ -190,6 +197,12 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             if out.shape != (batch, expected):
                 raise RuntimeError(f"{method} generated shape {tuple(out.shape)}, expected {(batch, expected)}")
             outputs[method] = out
+            if args.new_tokens > 1:
+                synchronize(device)
+                start = time.perf_counter()
+                generate_once(models[method], ids, mask, 1, pad_id=0, cache=caches[method])
+                synchronize(device)
+                prefill_seconds[method].append(time.perf_counter() - start)
         if args.max_seconds and repeat + 1 >= args.min_repeats and time.perf_counter() - case_start > args.max_seconds:
             break
 
@@ -225,9 +238,28 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             row["overhead_against"] = reference["method"]
         else:
             row["overhead_us_per_layer_step"] = None
+        row.update(decode_only(row, prefill_seconds[row["method"]], lora, prefill_seconds.get("lora"), batch,
+                               args.new_tokens))
     return {"model": name, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "repeats": len(seconds[methods[0]]), "warmup": args.warmup, "warmup_s": warmup_s,
             "rows": rows}
+
+
+def decode_only(row: dict, prefill: list, lora: dict | None, lora_prefill: list | None, batch: int,
+                new_tokens: int) -> dict:
+    """The decoding steps without the prefill: per repeat ``t(new tokens) - t(1 token)``; tokens/s over the
+    ``new tokens - 1`` steps from the median, and the ratio to LoRA's (empty without prefill timings)."""
+    if not prefill:
+        return {}
+    steps = [total - first for total, first in zip(row["seconds"], prefill)]
+    result = {"prefill_seconds": prefill, "prefill_s_median": statistics.median(prefill),
+              "decode_only_s_median": statistics.median(steps)}
+    result["decode_only_tokens_per_s"] = (batch * (new_tokens - 1) / result["decode_only_s_median"]
+                                          if result["decode_only_s_median"] > 0 else None)
+    if lora is not None and lora_prefill and result["decode_only_tokens_per_s"]:
+        lora_steps = statistics.median(total - first for total, first in zip(lora["seconds"], lora_prefill))
+        result["decode_only_ratio_to_lora"] = lora_steps / result["decode_only_s_median"]
+    return result
 
 
 def profile_generate(model, ids, mask, args, device, cache=None) -> dict:
@@ -283,6 +315,14 @@ def print_case(case: dict) -> None:
     if verdicts:
         print(f"\ntarget HypLoRA / LoRA tokens/s >= 0.95 (the lower of median ratio and paired median): "
               f"{', '.join(verdicts)}")
+    if any("decode_only_s_median" in row for row in case["rows"]):
+        print(f"\nwithout the prefill (a 1-token call timed in the same repeats and subtracted; "
+              f"{case['new_tokens'] - 1} decoding steps): prefill ms, decoding tokens/s (/ LoRA)")
+        for row in case["rows"]:
+            if "decode_only_s_median" in row:
+                print(f"  {row['label']}: prefill {row['prefill_s_median'] * 1e3:.1f} ms, "
+                      f"{fmt(row['decode_only_tokens_per_s'], '.1f')} tokens/s "
+                      f"({fmt(row.get('decode_only_ratio_to_lora'), '.3f')})")
     for row in case["rows"]:
         if "gpu_busy_us_per_token_step" in row:
             print(f"\nprofile, {row['method']}: GPU busy {row['gpu_busy_us_per_token_step']:.0f} us and "

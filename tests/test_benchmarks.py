@@ -47,6 +47,12 @@ def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
     paired = rows["hyplora-lorentz"]["paired_ratio_to_lora"]
     assert len(paired) == len(rows["lora"]["seconds"])
     assert rows["hyplora-lorentz"]["paired_ratio_to_lora_median"] == pytest.approx(statistics.median(paired))
+    # the decoding steps alone: each repeat's full call minus its 1-token (prefill) call
+    steps = {m: statistics.median(t - p for t, p in zip(rows[m]["seconds"], rows[m]["prefill_seconds"]))
+             for m in ("lora", "hyplora-lorentz")}
+    assert len(rows["lora"]["prefill_seconds"]) == len(rows["lora"]["seconds"])
+    expected = steps["lora"] / steps["hyplora-lorentz"]
+    assert rows["hyplora-lorentz"]["decode_only_ratio_to_lora"] == pytest.approx(expected)
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
