@@ -143,10 +143,10 @@ def static_cache(model, max_len: int):
     """One static KV cache for every ``generate`` call of a model at one batch size (None: dynamic cache).
 
     A static cache makes transformers compile the decoding step (torch.compile, CUDA graphs) on a GPU. Given
-    ``cache_implementation="static"``, transformers 5 allocates a new cache in every call; the cache tensors are
-    static inputs of the recorded CUDA graphs, so at new addresses every step fails the graph's check and is
-    re-recorded, or not, depending on where the allocator puts the new cache: that made some methods replay their
-    graphs and others not, at random (benchmarks/RESULTS.md). A serving loop keeps its cache, and so does this.
+    ``cache_implementation="static"``, transformers 5 allocates a new cache in every call. The cache tensors are
+    static inputs of the recorded CUDA graphs, and at new addresses the graphs re-record: whether a method's
+    graphs replayed then depended on where the allocator put its new cache (benchmarks/RESULTS.md). A serving
+    loop keeps its cache, and so does this.
     """
     if CACHE != "static":
         return None
