@@ -144,9 +144,9 @@ def static_cache(model, max_len: int):
 
     A static cache makes transformers compile the decoding step (torch.compile, CUDA graphs) on a GPU. Given
     ``cache_implementation="static"``, transformers 5 allocates a new cache in every call. The cache tensors are
-    static inputs of the recorded CUDA graphs, and at new addresses the graphs re-record: whether a method's
-    graphs replayed then depended on where the allocator put its new cache (benchmarks/RESULTS.md). A serving
-    loop keeps its cache, and so does this.
+    static inputs of the recorded CUDA graphs, and a cache at new addresses needs a graph of its own: a step
+    then checked graphs recorded for earlier caches, or recorded a new one, depending on where the allocator
+    put the new cache (benchmarks/RESULTS.md). A serving loop keeps its cache, and so does this.
     """
     if CACHE != "static":
         return None
