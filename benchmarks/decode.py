@@ -221,6 +221,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
                      "adapted_layers": adapted_layers(models[method]),
                      "same_tokens_as_base": bool(torch.equal(outputs[method], outputs["base"]))
                      if "base" in outputs else None, **profiles.get(method, {})})
+        rows[-1].update(decode_only(rows[-1], prefill_seconds[method], batch, args.new_tokens))
     by_method = {row["method"]: row for row in rows}
     lora, base = by_method.get("lora"), by_method.get("base")
     for row in rows:
@@ -238,28 +239,22 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             row["overhead_against"] = reference["method"]
         else:
             row["overhead_us_per_layer_step"] = None
-        row.update(decode_only(row, prefill_seconds[row["method"]], lora, prefill_seconds.get("lora"), batch,
-                               args.new_tokens))
+        if lora is not None and row.get("decode_only_tokens_per_s") and lora.get("decode_only_tokens_per_s"):
+            row["decode_only_ratio_to_lora"] = lora["decode_only_s_median"] / row["decode_only_s_median"]
     return {"model": name, "batch": batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "repeats": len(seconds[methods[0]]), "warmup": args.warmup, "warmup_s": warmup_s,
             "rows": rows}
 
 
-def decode_only(row: dict, prefill: list, lora: dict | None, lora_prefill: list | None, batch: int,
-                new_tokens: int) -> dict:
-    """The decoding steps without the prefill: per repeat ``t(new tokens) - t(1 token)``; tokens/s over the
-    ``new tokens - 1`` steps from the median, and the ratio to LoRA's (empty without prefill timings)."""
+def decode_only(row: dict, prefill: list, batch: int, new_tokens: int) -> dict:
+    """The decoding steps without the prefill: per repeat ``t(new tokens) - t(1 token)``, their median and the
+    tokens/s over the ``new tokens - 1`` steps (empty without prefill timings)."""
     if not prefill:
         return {}
-    steps = [total - first for total, first in zip(row["seconds"], prefill)]
-    result = {"prefill_seconds": prefill, "prefill_s_median": statistics.median(prefill),
-              "decode_only_s_median": statistics.median(steps)}
-    result["decode_only_tokens_per_s"] = (batch * (new_tokens - 1) / result["decode_only_s_median"]
-                                          if result["decode_only_s_median"] > 0 else None)
-    if lora is not None and lora_prefill and result["decode_only_tokens_per_s"]:
-        lora_steps = statistics.median(total - first for total, first in zip(lora["seconds"], lora_prefill))
-        result["decode_only_ratio_to_lora"] = lora_steps / result["decode_only_s_median"]
-    return result
+    median = statistics.median(total - first for total, first in zip(row["seconds"], prefill))
+    return {"prefill_seconds": prefill, "prefill_s_median": statistics.median(prefill),
+            "decode_only_s_median": median,
+            "decode_only_tokens_per_s": batch * (new_tokens - 1) / median if median > 0 else None}
 
 
 def profile_generate(model, ids, mask, args, device, cache=None) -> dict:
