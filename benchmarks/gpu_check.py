@@ -62,6 +62,12 @@ def check(variant: str, device: torch.device, compiled: bool = False) -> dict[st
         errors[f"grad {name}"] = relative_error(g, c)
     with torch.no_grad():  # the inference path (decoding): no Gram matrix off the Triton path
         errors["no-grad output"] = relative_error(fast(*on_device), cpu[0])
+        # the eager no-grad layer's path on a GPU: two matmuls and one Triton kernel adding into the output
+        out = torch.zeros(tokens, d_out, device=device)
+        x_bf16, A_dev, B_dev, K_dev, s_dev = x.to(device), *on_device[1:]
+        if not compiled and variant in ("lorentz", "stereographic") and Fn.adds_in_place(out, variant, x_bf16, A_dev):
+            Fn.add_gated_branch_(out, variant, x_bf16, A_dev, B_dev, K_dev.log(), s_dev.log(), 1.0, 1.0, 4.0, 12.0)
+            errors["in-place no-grad"] = relative_error(out, cpu[0])
     return errors
 
 

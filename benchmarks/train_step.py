@@ -108,7 +108,11 @@ def profile_steps(method: str, step, device) -> dict:
     print(f"--- profile of {steps} steps: {method}: GPU busy {gpu_ms:.1f} ms/step, {launches:.0f} kernels/step")
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(events.table(sort_by=sort, row_limit=25, max_name_column_width=70))
-    return {"gpu_busy_ms": gpu_ms, "kernels_per_step": launches}
+    names = {e.name for e in kernels}
+    per_kernel = sorted(((e.key, e.count / steps, e.self_device_time_total / steps) for e in events if e.key in names),
+                        key=lambda item: -item[2])
+    return {"gpu_busy_ms": gpu_ms, "kernels_per_step": launches,
+            "kernels": [{"name": name, "per_step": count, "us_per_step": us} for name, count, us in per_kernel]}
 
 
 def measure_all(args, device, dtype) -> list[dict]:

@@ -134,3 +134,66 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
     assert not kernels.usable(x, torch.zeros(kernels.MAX_RANK, 17, device=DEVICE), "lorentz-full")
     monkeypatch.setattr(kernels, "triton", None)
     assert not kernels.usable(x, A, "lorentz")
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(40, 32, 24, 8), (3, 2500, 1100, 5)])  # rows, d_in, d_out, rank (> one block)
+def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, variant, out_dtype, shape):
+    rows, d_in, d_out, rank = shape
+    x, A, B, rho_k, rho_s = _inputs(rows, d_in, d_out, rank, 1.0, dtype=torch.bfloat16, variant=variant)
+    x = (x.float() * torch.logspace(-3, 1, rows, device=DEVICE)[:, None]).to(torch.bfloat16)  # series to past caps
+    k0, s0, scaling, theta_max = 1.3, math.sqrt(d_in) / 4, 2.0, 6.0
+    base = torch.randn(rows, d_out, generator=torch.Generator().manual_seed(3)).to(DEVICE, out_dtype)
+    out = base.clone()
+    with torch.no_grad():
+        assert Fn.adds_in_place(out, variant, x, A)
+        Fn.add_gated_branch_(out, variant, x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max)
+    K, s = k0 * torch.exp(rho_k.double()), s0 * torch.exp(rho_s.double())
+    literal = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K, s, scaling, theta_max)
+    if out_dtype == torch.float32:
+        _close(out - base, literal, 1e-5, "in-place branch")
+    else:  # one rounding of base + branch to bfloat16: at most one unit in the last place of the sum
+        expected = base.double() + literal
+        ulp = expected.abs() * 2.0**-7
+        assert ((out.double() - expected).abs() <= ulp + 1e-30).all()
+        assert not torch.equal(out, base)
+
+
+def test_in_place_branch_applies_only_without_autograd_and_outside_its_limits(interpreted):
+    x, A, B, rho_k, rho_s = _inputs(4, 16, 8, 4, 1.0)
+    out = torch.zeros(4, 8, device=DEVICE)
+    assert not Fn.adds_in_place(out, "lorentz", x, A)  # autograd on
+    with torch.no_grad():
+        assert Fn.adds_in_place(out, "lorentz", x, A) and Fn.adds_in_place(out, "stereographic", x, A)
+        assert not Fn.adds_in_place(out, "lorentz-full", x, A)
+        assert not Fn.adds_in_place(out.t(), "lorentz", x, A)  # not contiguous
+        assert not Fn.adds_in_place(out[:3], "lorentz", x, A)  # other rows
+        assert not Fn.adds_in_place(out, "lorentz", x, A.double())
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+def test_layer_no_grad_forward_on_the_in_place_path_equals_the_autograd_forward(interpreted, variant):
+    import peft
+
+    from hyplora import HypLoraConfig
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.proj = torch.nn.Linear(48, 40)
+    model = peft.get_peft_model(model.to(DEVICE), HypLoraConfig(r=6, target_modules=["proj"], variant=variant,
+                                                                init_lora_weights=False))
+    x = torch.randn(2, 5, 48, device=DEVICE) * 3.0
+    layer = model.base_model.model.proj
+    calls = []
+    original = Fn.add_gated_branch_
+    try:
+        Fn.add_gated_branch_ = lambda *a, **k: calls.append(1) or original(*a, **k)
+        with torch.no_grad():
+            fast = model(x)
+    finally:
+        Fn.add_gated_branch_ = original
+    assert calls == [1]
+    reference = model(x)  # autograd on: the custom autograd function's forward
+    assert reference.requires_grad and layer.lora_A["default"].weight.requires_grad
+    _close(fast, reference.detach(), 2e-6, "layer output")

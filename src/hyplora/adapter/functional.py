@@ -470,6 +470,30 @@ def gated_branch(
     return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
 
 
+def adds_in_place(out: Tensor, variant: str, x: Tensor, A: Tensor) -> bool:
+    """Whether `add_gated_branch_` applies: no autograd, a gated variant, the Triton path usable (CUDA, outside
+    torch.compile), and ``out`` a contiguous float tensor with x's leading shape."""
+    return (not torch.is_grad_enabled() and variant in _GATES and kernels.usable(x, A, variant)
+            and out.shape[:-1] == x.shape[:-1] and out.is_contiguous() and out.is_floating_point())
+
+
+def add_gated_branch_(
+    out: Tensor, variant: str, x: Tensor, A: Tensor, B: Tensor, rho_k: Tensor, rho_s: Tensor, k0: float, s0: float,
+    scaling: float, theta_max: float,
+) -> None:
+    """``out += gated_branch(...)`` in place, without autograd (where `adds_in_place` says so).
+
+    LoRA's two matmuls give ``y = B A x`` (float32), and one Triton kernel takes ``|x|`` and ``|y|``, the gate,
+    and adds ``(scaling G / s) y`` to ``out``, rounding once to its dtype. This is the eager no-grad path (a
+    prefill, eager decoding), where every launch costs host time: it replaces the Gram matrix, the rank-space
+    kernel, the norm of x and the separate sum into ``out``.
+    """
+    x2 = x.reshape(-1, x.shape[-1])
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    y = torch.mm(torch.mm(x2.to(A.dtype), A.t()), B.t())
+    kernels.add_gated_(out.view(-1, out.shape[-1]), y, x2, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+
 def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):
     # K = exp(log K): gradients reach K and s through the logs
     return gated_branch(variant, x, A, B, K.log(), s.log(), 1.0, 1.0, scaling, theta_max)

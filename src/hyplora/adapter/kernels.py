@@ -264,6 +264,39 @@ if triton is not None:
             tl.store(base + 11, 0.0 * t, mask=row_mask)
 
 
+    @triton.jit
+    def _squared_norm(ptr, row, D, BLOCK: tl.constexpr):
+        """``sum_j v[row, j]^2`` over a contiguous (rows x D) tensor of any float dtype, in float32."""
+        offsets = tl.arange(0, BLOCK)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D, BLOCK):
+            index = start + offsets
+            value = tl.load(ptr + row * D + index, mask=index < D, other=0.0).to(tl.float32)
+            acc += value * value
+        return tl.sum(acc, axis=0)
+
+    @triton.jit
+    def _add_gated_kernel(
+        out_ptr, y_ptr, x_ptr, rho_k_ptr, rho_s_ptr, D_IN, D_OUT, k0, s0, scaling, theta_max, sinh_theta_max,
+        VARIANT: tl.constexpr, BLOCK: tl.constexpr,
+    ):
+        """One token per program: ``out += scaling G(|x| / s, |y| / s) y / s`` with ``y = B A x`` (no autograd)."""
+        row = tl.program_id(0).to(tl.int64)
+        K = k0 * tl.exp(tl.load(rho_k_ptr))
+        s = s0 * tl.exp(tl.load(rho_s_ptr))
+        n = tl.sqrt(_squared_norm(x_ptr, row, D_IN, BLOCK)) / s
+        m = tl.sqrt(tl.maximum(_squared_norm(y_ptr, row, D_OUT, BLOCK), 1e-30)) / s
+        G, _, _, _ = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
+        factor = scaling * G / s
+        offsets = tl.arange(0, BLOCK)
+        for start in range(0, D_OUT, BLOCK):
+            index = start + offsets
+            mask = index < D_OUT
+            y = tl.load(y_ptr + row * D_OUT + index, mask=mask, other=0.0)
+            out = tl.load(out_ptr + row * D_OUT + index, mask=mask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + row * D_OUT + index, (out + factor * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 @functools.lru_cache(maxsize=None)
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
@@ -309,3 +342,19 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scal
             WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r,
         )
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
+
+
+def add_gated_(out, y, x, rho_k, rho_s, k0, s0, variant, scaling, theta_max) -> None:
+    """``out += scaling G y / s`` in place, per row, with G from ``|x|`` and ``|y|`` (the no-grad branch).
+
+    ``out`` (rows x d_out, the base layer's output, any float dtype), ``y = x A^T B^T`` (rows x d_out, float32) and
+    ``x`` (rows x d_in, any float dtype) are contiguous. One kernel takes both row norms, the gate and the sum,
+    in float32, rounding once to ``out``'s dtype.
+    """
+    rows, d_out = y.shape
+    theta, sinh_theta = _variant_constants(variant, theta_max)
+    if rows:
+        _add_gated_kernel[(rows,)](
+            out, y, x, rho_k, rho_s, x.shape[1], d_out, float(k0), float(s0), float(scaling), theta, sinh_theta,
+            VARIANT=VARIANT_IDS[variant], BLOCK=1024,
+        )

@@ -207,6 +207,22 @@ class HypLoraLinear(nn.Module, LoraLayer):
             branch = Fn.BRANCHES[settings["variant"]]
             return branch(x, A, B, K, s, scaling, settings["max_radius"])
 
+    def _add_branch_in_place(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> bool:
+        """Without autograd, on the Triton path: ``result += scaling * branch(dropout(x))`` by LoRA's two matmuls
+        and one kernel (`functional.add_gated_branch_`). False, doing nothing, where that does not apply."""
+        settings = self.hyplora_settings[adapter_name]
+        A = self.lora_A[adapter_name].weight
+        if settings["compat"] is not None or not Fn.adds_in_place(result, settings["variant"], x, A):
+            return False
+        with _autocast_off(x.device.type):
+            Fn.add_gated_branch_(
+                result, settings["variant"], self.lora_dropout[adapter_name](x), A, self.lora_B[adapter_name].weight,
+                self._log_ratio(self.lora_curvature, adapter_name, A),
+                self._log_ratio(self.lora_feature_scale, adapter_name, A), settings["curvature"],
+                settings["feature_scale"], self.scaling[adapter_name], settings["max_radius"],
+            )
+        return True
+
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         self._check_forward_args(x, *args, **kwargs)
         adapter_names = kwargs.pop("adapter_names", None)
@@ -217,6 +233,8 @@ class HypLoraLinear(nn.Module, LoraLayer):
             return self._add_mixed_batch_branches(x, result, adapter_names)
         for active_adapter in self.active_adapters:
             if active_adapter in self.lora_A:
+                if not torch.is_grad_enabled() and self._add_branch_in_place(result, x, active_adapter):
+                    continue
                 branch = self.hyperbolic_branch(x, active_adapter)
                 # the sum is formed in float32 and rounded once to the base layer's dtype, as peft's LoRA does
                 if torch.is_grad_enabled():
