@@ -1,4 +1,4 @@
-"""Triton kernel for the gated fast path of `functional` ("lorentz" and "stereographic").
+"""Triton kernels for the fast paths of `functional` ("lorentz", "stereographic" and "lorentz-full").
 
 The branch is ``Z @ B^T`` with ``Z = scaling * G(n, m) * a`` per token, ``a = x A^T / s`` (rank-sized),
 ``n = |x| / s`` and ``m = |B a| = sqrt(a^T (B^T B) a)``. LoRA's own work is the two matmuls; the rest is
@@ -9,6 +9,10 @@ torch operations (see `functional._GatedLowRank.backward`).
 Why the backward has no kernel of its own: it runs on autograd's device thread, where each Triton launch
 from Python costs about 0.1 ms of host time (measured on an H200 host, benchmarks/RESULTS.md) against a few
 microseconds for a torch operation, and a training step at LoRA's sizes is bound by host time.
+
+Without autograd (a prefill, eager decoding) there is no backward to feed, and the cheapest order is LoRA's:
+``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
+adds ``scaling G y / s`` into the base layer's output in place. That is four launches per layer instead of seven.
 
 The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's
 parameterisation) and are formed inside the kernel, which saves four scalar launches per layer and call.
