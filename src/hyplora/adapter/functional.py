@@ -57,11 +57,6 @@ def _matmul_t(x: Tensor, weight: Tensor) -> Tensor:
 # dtype (the custom function below recasts it in backward instead of keeping a float32 copy alive).
 
 
-def _gram_norm(z: Tensor, gram: Tensor) -> Tensor:
-    """``|B z|`` per row from ``gram = B^T B`` (keepdim, floored so that its gradient is finite at 0)."""
-    return ((z @ gram) * z).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt()
-
-
 def _sinhc_prime(theta: Tensor) -> Tensor:
     """d/dt (sinh t / t) = (t cosh t - sinh t) / t^2; its Taylor series below 0.5 (the closed form cancels)."""
     small = theta < 0.5
@@ -165,34 +160,39 @@ def _gate_coefficients(n, m, K, s, variant: str, scaling: float, theta_max: floa
 
 
 def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float, with_coefficients):
-    """``(branch, Z, a_raw, coefficients, B^T B)`` with ``a_raw = x A^T`` and ``Z = c G a`` (rank-sized)."""
+    """``(branch, Z, a_raw, coefficients, a_raw B^T B)`` with ``a_raw = x A^T`` and ``Z = c G a`` (rank-sized);
+    the last two are None without coefficients."""
     shape = x.shape
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
     a_raw = x_cast @ A.t()
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
     gram = B.t() @ B
     if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
-        z, coef = torch.ops.hyplora.gated_terms(
+        z, coef, gram_a = torch.ops.hyplora.gated_terms(
             a_raw, norm_x, gram, rho_k, rho_s, float(k0), float(s0), variant, float(scaling), float(theta_max))
-        coef = coef if with_coefficients else None
+        if not with_coefficients:
+            coef = gram_a = None
     else:
-        z, coef = _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
-                               with_coefficients)
+        z, coef, gram_a = _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+                                       with_coefficients)
     out = z @ B.t()
-    return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram
+    return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram_a
 
 
 def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float,
                  with_coefficients: bool):
-    """``(Z, coefficients)`` (see `_gate_coefficients`): the Triton kernel where it applies, else torch."""
+    """``(Z, coefficients, a_raw B^T B)`` (see `_gate_coefficients`; the last two None without coefficients):
+    the Triton kernel where it applies, else torch. ``a_raw B^T B`` gives ``|B a|`` here and is saved for the
+    backward, which would otherwise multiply by the Gram matrix again."""
     if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], variant):
         return kernels.gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
                                     with_coefficients)
     K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
     n = norm_x.unsqueeze(-1) / s
-    m = _gram_norm(a_raw, gram) / s
+    gram_a = a_raw @ gram
+    m = (gram_a * a_raw).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt() / s  # |B a| / s, floored as in the kernel
     cG_s, coef = _gate_coefficients(n, m, K, s, variant, scaling, theta_max, with_coefficients)
-    return a_raw * cG_s, coef
+    return a_raw * cG_s, coef, (gram_a if with_coefficients else None)
 
 
 def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
@@ -208,14 +208,15 @@ class _GatedLowRank(torch.autograd.Function):
     ``K = k0 exp(rho_k)`` and ``s = s0 exp(rho_s)`` (the layer's parameterisation; gradients go to the rhos).
     One autograd node per layer, like LoRA's two matmuls. The forward also computes five per-token
     coefficients (`_gate_coefficients`; on CUDA in the Triton kernel of `kernels`), so that the backward is
-    LoRA's three matmuls plus a few rank-sized torch operations; only x (in its own dtype), ``a_raw = x A^T``
-    and ``Z`` (rank-sized), ``B^T B`` and the coefficients are saved.
+    LoRA's three matmuls plus a few rank-sized torch operations; only x (in its own dtype), ``a_raw = x A^T``,
+    ``Z`` and ``a_raw B^T B`` (rank-sized) and the coefficients are saved.
     """
 
     @staticmethod
     def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
-        out, z, a_raw, coef, gram = _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
-        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, z, coef, gram)
+        out, z, a_raw, coef, gram_a = _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+                                                     True)
+        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, z, coef, gram_a)
         return out
 
     @staticmethod
@@ -224,7 +225,7 @@ class _GatedLowRank(torch.autograd.Function):
         #   P = dL/d a_raw = (c G / s) q + qa k_m (B^T B) a_raw,   w = qa k_n,
         #   dL/dx = P A + w x,   dL/dA = P^T x,   dL/dB = grad_out^T Z + B (a_raw^T diag(qa k_m) a_raw),
         #   dL/d rho_k = sum qa k_K,   dL/d rho_s = sum qa k_s.
-        x, A, B, rho_k, rho_s, a_raw, z, coef, gram = ctx.saved_tensors
+        x, A, B, rho_k, rho_s, a_raw, z, coef, gram_a = ctx.saved_tensors
         needs = ctx.needs_input_grad
         # torch.mm and skipped no-op casts: this runs once per layer and step, and its cost is host dispatch
         x_cast = x.reshape(-1, x.shape[-1])
@@ -236,7 +237,7 @@ class _GatedLowRank(torch.autograd.Function):
         q = torch.mm(grad_out, B)
         scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
         beta = scaled[:, 1:2]
-        p = torch.addcmul(q * coef[:, :1], beta, torch.mm(a_raw, gram))
+        p = torch.addcmul(q * coef[:, :1], beta, gram_a)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
         if needs[1]:
             grad_A = torch.mm(p.t(), x_cast)
@@ -343,7 +344,7 @@ def _gated_terms_op(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling,
 
 
 def _gated_terms_fake(a_raw, *_):
-    return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5))
+    return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5)), torch.empty_like(a_raw)
 
 
 def _lorentz_full_terms_op(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max):
@@ -366,7 +367,7 @@ def _register_opaque_operations() -> bool:
     operations = [
         ("gated_terms", _gated_terms_op, _gated_terms_fake,
          "(Tensor a_raw, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
-         "float scaling, float theta_max) -> (Tensor, Tensor)"),
+         "float scaling, float theta_max) -> (Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
          "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),

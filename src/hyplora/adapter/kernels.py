@@ -169,7 +169,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["T"])
     def _gate_forward_kernel(
-        a_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, coef_ptr,
+        a_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, coef_ptr, ga_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
         VARIANT: tl.constexpr, WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
@@ -184,12 +184,14 @@ if triton is not None:
         a_raw = tl.load(a_ptr + tile, mask=mask, other=0.0)
         gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
                        other=0.0)
-        m = tl.sqrt(tl.maximum(tl.sum(a_raw * tl.dot(a_raw, gram, input_precision="ieee"), axis=1), 1e-30)) / s
+        gram_a = tl.dot(a_raw, gram, input_precision="ieee")  # a (B^T B): for |B a| here, and for the backward
+        m = tl.sqrt(tl.maximum(tl.sum(a_raw * gram_a, axis=1), 1e-30)) / s
         n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
         G, dG_dn, dG_dm, dG_dK = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
         cG_s = scaling * G / s
         tl.store(z_ptr + tile, a_raw * cG_s[:, None], mask=mask)
         if WITH_COEF:
+            tl.store(ga_ptr + tile, gram_a, mask=mask)
             s3 = s * s * s
             k_m = scaling * dG_dm / (m * s3)
             base = coef_ptr + rows.to(tl.int64) * 5
@@ -310,20 +312,21 @@ def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
 
 
 def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients):
-    """``(Z, coefficients)``: ``Z = scaling G a`` (rows x r) and, if asked, the backward's per-token
-    coefficients (rows x 5; see `functional._gate_coefficients`), else None."""
+    """``(Z, coefficients, a B^T B)``: ``Z = scaling G a`` (rows x r) and, if asked, the backward's per-token
+    coefficients (rows x 5; see `functional._gate_coefficients`) and ``a (B^T B)`` (rows x r), else None."""
     rows, rank = a_raw.shape
     z = torch.empty_like(a_raw)
     coef = torch.empty((rows, 5), dtype=torch.float32, device=a_raw.device) if with_coefficients else z
+    gram_a = torch.empty_like(a_raw) if with_coefficients else z
     block_t, block_r = _rank_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
         _gate_forward_kernel[(triton.cdiv(rows, block_t),)](
-            a_raw, norm_x, gram, rho_k, rho_s, z, coef, rows, rank, float(k0), float(s0), float(scaling), theta,
-            sinh_theta, VARIANT=VARIANT_IDS[variant], WITH_COEF=with_coefficients, BLOCK_T=block_t,
+            a_raw, norm_x, gram, rho_k, rho_s, z, coef, gram_a, rows, rank, float(k0), float(s0), float(scaling),
+            theta, sinh_theta, VARIANT=VARIANT_IDS[variant], WITH_COEF=with_coefficients, BLOCK_T=block_t,
             BLOCK_R=block_r,
         )
-    return z, (coef if with_coefficients else None)
+    return (z, coef, gram_a) if with_coefficients else (z, None, None)
 
 
 def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients):
