@@ -72,3 +72,16 @@ def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
     kernels = device_kernels(SimpleNamespace(events=lambda: events))
     assert [e.name for e in kernels] == ["gemm"]
 
+
+
+@pytest.mark.slow
+def test_compiled_step_host_smoke_run_finds_one_graph_and_passing_guards(tmp_path):
+    out = tmp_path / "host.json"
+    run_script("compiled_step_host.py", "--device", "cpu", "--methods", "lora,hyplora-lorentz", "--layers", "1,2",
+               "--checks", "20", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["method"], r["layers"]) for r in rows} == {(m, n) for m in ("lora", "hyplora-lorentz") for n in (1, 2)}
+    for r in rows:
+        # the recorded decoding call passes the guards of the one graph compiled for it, so the time is of a full check
+        assert r["graphs"] == 1 and r["graph_breaks"] == 0 and r["guards_pass"] and r["guard_check_us"] > 0
+        assert r["adapted_layers"] == 5 * r["layers"]

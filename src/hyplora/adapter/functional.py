@@ -472,8 +472,8 @@ def gated_branch(
 
 
 def adds_in_place(out: Tensor, variant: str, x: Tensor, A: Tensor) -> bool:
-    """Whether `add_gated_branch_` applies: no autograd, a gated variant, the Triton path usable (CUDA, outside
-    torch.compile), and ``out`` a contiguous float tensor with x's leading shape."""
+    """Whether `add_gated_branch_` applies: no autograd, "lorentz" or "stereographic", the Triton path usable
+    (CUDA, outside torch.compile), and ``out`` a contiguous float tensor with x's leading shape."""
     return (not torch.is_grad_enabled() and variant in _GATES and kernels.usable(x, A, variant)
             and out.shape[:-1] == x.shape[:-1] and out.is_contiguous() and out.is_floating_point())
 
@@ -494,6 +494,7 @@ def add_gated_branch_(
         x2 = x2.contiguous()
     y = torch.mm(torch.mm(x2.to(A.dtype), A.t()), B.t())
     kernels.add_gated_(out.view(-1, out.shape[-1]), y, x2, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+
 
 def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):
     # K = exp(log K): gradients reach K and s through the logs

@@ -1,0 +1,164 @@
+"""Host-side costs of transformers' compiled decoding step, per method: graphs, graph breaks and guard checks.
+
+`decode.py` found SmolLM2's compiled decoding steps bound by host time, with HypLoRA adding about 1 ms per step
+over its 150 adapted layers (benchmarks/RESULTS.md). This script measures two candidates for that time without
+timing a whole `generate` call:
+
+- how many graphs dynamo compiled for the decoding step, and how many graph breaks it hit (each break is a
+  separate compiled call, with its own guards and, on a GPU, its own CUDA graph replay);
+- how long the compiled step's guard check takes: the check dynamo runs before every call, timed alone by
+  calling the cache entry's guard manager on the step's arguments.
+
+It runs `generate` with a static cache, once to compile and once more, as decode.py does (on a CPU with
+transformers' ``_compile_all_devices``, in torch.compile's default mode, since CUDA graphs need a GPU), and
+reports per method and per adapted layer.
+
+    python benchmarks/compiled_step_host.py                    # SmolLM2's layer structure, small widths
+    python benchmarks/compiled_step_host.py --full-size        # SmolLM2's real widths (the guards do not change)
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import time
+
+import torch
+from _common import (
+    METHOD_LABELS,
+    MODEL_SHAPES,
+    adapter_config,
+    compile_models_independently,
+    device_name,
+    llama_model,
+    versions_line,
+    write_json_atomic,
+)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="base,lora,hyplora-lorentz,hyplora-stereographic")
+    parser.add_argument("--layers", default="6,12", help="comma-separated layer counts (the slope gives per-layer costs)")
+    parser.add_argument("--full-size", action="store_true", help="SmolLM2's real widths instead of small ones")
+    parser.add_argument("--checks", type=int, default=2000, help="guard checks timed per measurement")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--json", help="write the results here")
+    return parser.parse_args(argv)
+
+
+def build(method: str, layers: int, args):
+    import peft
+
+    shape = dict(MODEL_SHAPES["smollm2"], num_hidden_layers=layers)
+    if not args.full_size:
+        shape.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                     vocab_size=1000)
+    model = llama_model(shape, args.device, torch.float32)
+    if method != "base":
+        model = peft.get_peft_model(model, adapter_config(method, 8)).base_model.model
+    return model.eval()
+
+
+def measure(method: str, layers: int, args) -> dict:
+    from torch._dynamo.utils import counters
+    from transformers import StaticCache
+    from transformers.generation.configuration_utils import CompileConfig
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = build(method, layers, args)
+    compile_config = CompileConfig(mode="default" if args.device == "cpu" else "reduce-overhead")
+    compile_config._compile_all_devices = True  # a CPU too, for this diagnostic
+    ids = torch.randint(1, model.config.vocab_size, (1, 8), device=args.device)
+    cache = StaticCache(config=model.config, max_cache_len=24)
+    for _ in range(2):
+        cache.reset()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                       do_sample=False, past_key_values=cache, compile_config=compile_config, pad_token_id=0)
+    graphs = int(counters["stats"]["unique_graphs"])
+    breaks = int(sum(counters["graph_break"].values()))
+
+    # The guarded frame is the model's forward (dynamo steps over nn.Module's call wrappers). Its locals are the
+    # arguments generate passes to the compiled call: record them on one more call, then replay them.
+    code = type(model).forward.__code__
+    entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(code)
+    if not entries:
+        raise RuntimeError(f"{method}: no compiled entry for {type(model).__name__}.forward")
+    compiled_call, recorded = model._compiled_call, []
+
+    def recording_call(*call_args, **call_kwargs):
+        recorded.append((call_args, call_kwargs))
+        return compiled_call(*call_args, **call_kwargs)
+
+    model._compiled_call = recording_call  # generate reuses this attribute while its compile config is unchanged
+    try:
+        cache.reset()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, min_new_tokens=3,
+                       do_sample=False, past_key_values=cache, compile_config=compile_config, pad_token_id=0)
+    finally:
+        model._compiled_call = compiled_call
+    if not recorded:
+        raise RuntimeError(f"{method}: generate did not use the compiled decoding step")
+    call_args, call_kwargs = recorded[-1]
+    frame_locals = _frame_locals(type(model).forward, model, call_args, call_kwargs)
+    guard_manager = entries[0].guard_manager
+    with torch.no_grad():
+        passes = bool(guard_manager.check(frame_locals))
+        if not passes:  # the timing below would then measure a check that stops at its first failure
+            reason = guard_manager.check_verbose(frame_locals).verbose_code_parts[:1]
+            print(f"warning: {method}, {layers} layers: the recorded call fails its guards ({reason})")
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(args.checks):
+                guard_manager.check(frame_locals)
+            samples.append((time.perf_counter() - start) / args.checks * 1e6)
+    adapted = sum(1 for m in model.modules() if hasattr(m, "lora_A")) if method != "base" else 0
+    return {"method": method, "layers": layers, "adapted_layers": adapted, "graphs": graphs, "graph_breaks": breaks,
+            "cache_entries": len(entries), "guards_pass": passes, "guard_check_us": statistics.median(samples)}
+
+
+def _frame_locals(function, model, call_args, call_kwargs) -> dict:
+    """The local variables of ``function(model, *call_args, **call_kwargs)``'s frame on entry: its arguments and
+    its closure's variables (transformers wraps ``forward`` in decorators)."""
+    bound = inspect.signature(function, follow_wrapped=False).bind(model, *call_args, **call_kwargs)
+    bound.apply_defaults()
+    cells = zip(function.__code__.co_freevars, function.__closure__ or ())
+    return {**dict(bound.arguments), **{name: cell.cell_contents for name, cell in cells}}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_LABELS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; choose from {list(METHOD_LABELS)}")
+    layer_counts = sorted({int(n) for n in args.layers.split(",")})
+    compile_models_independently(8 * len(methods) * len(layer_counts))
+    header = [f"device: {device_name(torch.device(args.device))}", versions_line(),
+              f"SmolLM2 layer structure ({'real' if args.full_size else 'small'} widths), r=8 on q, k, v, up, down"]
+    print("\n".join(header))
+    rows = [measure(method, layers, args) for method in methods for layers in layer_counts]
+    print("\n| method | layers | adapted layers | graphs | graph breaks | guards pass | guard check us |")
+    print("|---|---:|---:|---:|---:|---|---:|")
+    for r in rows:
+        print(f"| {METHOD_LABELS[r['method']]} | {r['layers']} | {r['adapted_layers']} | {r['graphs']} | "
+              f"{r['graph_breaks']} | {r['guards_pass']} | {r['guard_check_us']:.1f} |")
+    if len(layer_counts) > 1:
+        low, high = layer_counts[0], layer_counts[-1]
+        print(f"\nguard check per transformer layer (slope between {low} and {high} layers):")
+        for method in methods:
+            by_layers = {r["layers"]: r for r in rows if r["method"] == method}
+            slope = (by_layers[high]["guard_check_us"] - by_layers[low]["guard_check_us"]) / (high - low)
+            per_adapted = slope / 5 if method != "base" else None  # five adapted projections per layer
+            print(f"  {METHOD_LABELS[method]}: {slope:.1f} us per layer"
+                  + (f", {per_adapted:.2f} us per adapted layer" if per_adapted is not None else ""))
+    if args.json:
+        write_json_atomic(args.json, {"header": header, "args": vars(args), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
