@@ -20,6 +20,7 @@ step stays eager. Ratios compare methods in the same mode (HypLoRA compiled agai
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -111,8 +112,36 @@ def profile_steps(method: str, step, device) -> dict:
     names = {e.name for e in kernels}
     per_kernel = sorted(((e.key, e.count / steps, e.self_device_time_total / steps) for e in events if e.key in names),
                         key=lambda item: -item[2])
-    return {"gpu_busy_ms": gpu_ms, "kernels_per_step": launches,
-            "kernels": [{"name": name, "per_step": count, "us_per_step": us} for name, count, us in per_kernel]}
+    kernels = [{"name": name, "per_step": count, "us_per_step": us} for name, count, us in per_kernel]
+    return {"gpu_busy_ms": gpu_ms, "kernels_per_step": launches, "kernels": kernels,
+            "kernels_by_kind": kernels_by_kind(kernels)}
+
+
+# What a profiled kernel is, by its name: the adapters' float32 matmuls (cuBLAS's float32 GEMMs, CUTLASS's SIMT
+# sgemm, and the split-K reductions cuBLAS adds to long-K ones), HypLoRA's Triton gate kernel, inductor's fused
+# kernels, copies and memsets, and the rest (bf16 GEMMs of the base model, attention, the optimizer).
+KERNEL_KINDS = [
+    ("float32 GEMMs and split-K reductions",
+     re.compile(r"sgemm|gemm_f32|splitKreduce_kernel<\d+, \d+, int, float, float"
+                r"|gemvx::kernel<int, int, float|dot_kernel<float")),
+    ("HypLoRA Triton kernels", re.compile(r"^_gate_forward_kernel|^_lorentz_full_forward_kernel|^_add_gated_kernel")),
+    ("inductor fused kernels", re.compile(r"^triton_")),
+    ("copies and memsets", re.compile(r"memcpy|Memcpy|Memset")),
+]
+
+
+def kernel_kind(name: str) -> str:
+    return next((kind for kind, pattern in KERNEL_KINDS if pattern.search(name)), "other")
+
+
+def kernels_by_kind(kernels: list[dict]) -> dict[str, dict]:
+    """Per-step GPU time and launches of a `profile_steps` kernel list, summed by `kernel_kind`."""
+    kinds = {kind: {"us_per_step": 0.0, "per_step": 0.0} for kind, _ in KERNEL_KINDS + [("other", None)]}
+    for kernel in kernels:
+        kind = kinds[kernel_kind(kernel["name"])]
+        kind["us_per_step"] += kernel["us_per_step"]
+        kind["per_step"] += kernel["per_step"]
+    return kinds
 
 
 def measure_all(args, device, dtype) -> list[dict]:
@@ -221,6 +250,15 @@ def main() -> None:
         print(f"| {r['method']} | {r['median_ms']:.1f} | {r['min_ms']:.1f}-{r['max_ms']:.1f} | {time_ratio:.2f} "
               f"| {r['peak_gib']:.2f} | {memory_ratio:.2f} |"
               + (f" GPU busy {r['gpu_busy_ms']:.1f} ms, {r['kernels_per_step']:.0f} kernels" if args.profile else ""))
+    if args.profile and any("kernels_by_kind" in r for r in results):
+        kinds = [kind for kind, _ in KERNEL_KINDS] + ["other"]
+        print("\nGPU time per step by kind of kernel, us (launches):")
+        print("| method | " + " | ".join(kinds) + " |")
+        print("|---|" + "---:|" * len(kinds))
+        for r in results:
+            by_kind = r["kernels_by_kind"]
+            print(f"| {r['method']} | " + " | ".join(
+                f"{by_kind[k]['us_per_step']:.0f} ({by_kind[k]['per_step']:.0f})" for k in kinds) + " |")
     if args.json:
         write_json_atomic(args.json, {"header": header, "args": vars(args), "results": results})
 

@@ -73,6 +73,33 @@ def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
     assert [e.name for e in kernels] == ["gemm"]
 
 
+def test_profiled_kernels_are_summed_by_kind():
+    """Names as torch.profiler reported them on an H200 (benchmarks/results/*kernel-profile*.json)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from train_step import kernels_by_kind
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    kernels = [
+        {"name": "void cutlass::Kernel2<cutlass_80_simt_sgemm_64x64_8x5_nt_align1>(cutlass_80_simt_sgemm_64x64_8x5",
+         "per_step": 48, "us_per_step": 262.5},
+        {"name": "void cublasLt::splitKreduce_kernel<32, 16, int, float, float, float, float, false, float, float",
+         "per_step": 80, "us_per_step": 174.5},
+        {"name": "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float, __nv_bfloat16",
+         "per_step": 12, "us_per_step": 20.0},  # the bf16 base model's
+        {"name": "sm80_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize32x32x8_stage3", "per_step": 20, "us_per_step": 92.1},
+        {"name": "_gate_forward_kernel", "per_step": 20, "us_per_step": 86.8},
+        {"name": "triton_red_fused__to_copy__unsafe_view_add_gated_terms_linalg_vector_norm", "per_step": 4,
+         "us_per_step": 254.5},
+        {"name": "Memcpy DtoD (Device -> Device)", "per_step": 16, "us_per_step": 19.1},
+        {"name": "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "per_step": 22, "us_per_step": 1887.5},
+    ]
+    kinds = kernels_by_kind(kernels)
+    assert kinds["float32 GEMMs and split-K reductions"] == {"us_per_step": 262.5 + 174.5 + 92.1, "per_step": 148}
+    assert kinds["HypLoRA Triton kernels"] == {"us_per_step": 86.8, "per_step": 20}
+    assert kinds["inductor fused kernels"]["per_step"] == 4 and kinds["copies and memsets"]["per_step"] == 16
+    assert kinds["other"] == {"us_per_step": 20.0 + 1887.5, "per_step": 34}
+
 
 @pytest.mark.slow
 def test_compiled_step_host_smoke_run_finds_one_graph_and_passing_guards(tmp_path):
