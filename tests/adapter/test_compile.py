@@ -89,3 +89,22 @@ def test_gates_enter_the_compiled_graph_as_one_opaque_operation(variant, operati
     code = "\n".join(graphs)
     assert code.count(f"torch.ops.hyplora.{operation}") >= 4  # q_proj and up_proj of both layers
     assert "asinh" not in code  # the gate formulas themselves stay out of the graph
+
+
+def test_opaque_operations_pass_torch_library_opcheck():
+    """Schema, fake (meta) implementation and real implementation agree: shapes, strides and dtypes as the
+    compiled graph assumes them (a mismatch surfaces only inside inductor's generated code otherwise)."""
+    g = torch.Generator().manual_seed(4)
+    rows, d_in, d_out, rank = 9, 12, 10, 4
+    x, A, B = (torch.randn(rows, d_in, generator=g), torch.randn(rank, d_in, generator=g),
+               torch.randn(d_out, rank, generator=g))
+    rho_k, rho_s = torch.tensor([0.2]), torch.tensor([-0.1])
+    a_raw, norm_x, gram = x @ A.t(), torch.linalg.vector_norm(x, dim=-1), B.t() @ B
+    a_time, gram_full = torch.randn(rank, generator=g), torch.eye(rank + 1) + 0.1  # (r + 1)-points, time first
+    cases = [
+        (torch.ops.hyplora.gated_terms.default, (a_raw, norm_x, gram, rho_k, rho_s, 1.0, 2.0, "lorentz", 2.0, 12.0)),
+        (torch.ops.hyplora.lorentz_full_terms.default,
+         (a_raw, a_time, norm_x, gram_full, rho_k, rho_s, 1.0, 2.0, 2.0, 12.0)),
+    ]
+    for operation, args in cases:
+        torch.library.opcheck(operation, args, test_utils=("test_schema", "test_faketensor"))
