@@ -90,6 +90,9 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="after the timed runs, profile one generate call per method (torch.profiler): GPU busy "
                              "time and kernels per generated token, and the kernels that take the most GPU time")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="after the timed runs, run one generate call per method under cProfile: the Python "
+                             "functions that take the most host time (where a host-bound step spends it)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.device = "cpu"
@@ -210,6 +213,11 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
                 for method in methods} \
         if args.profile and device.type == "cuda" else {}
 
+    if args.host_profile:
+        for method in methods:
+            profiles.setdefault(method, {})["host_profile"] = host_profile_generate(
+                models[method], ids, mask, args, device, caches[method])
+
     tokens = batch * args.new_tokens
     rows = []
     for method in methods:
@@ -279,6 +287,25 @@ def profile_generate(model, ids, mask, args, device, cache=None) -> dict:
                             for e in top]}
 
 
+def host_profile_generate(model, ids, mask, args, device, cache=None, top: int = 25) -> list[dict]:
+    """The Python functions with the most own (``tottime``) host time over one ``generate`` call under cProfile,
+    in microseconds per generated token (cProfile adds its own cost to every Python call: compare methods)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    synchronize(device)
+    profiler.enable()
+    generate_once(model, ids, mask, args.new_tokens, pad_id=0, cache=cache)
+    synchronize(device)
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats
+    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [{"function": f"{file.rsplit('/', 2)[-1] if '/' in file else file}:{line}({name})", "calls": calls,
+             "own_us_per_token": own * 1e6 / args.new_tokens, "cumulative_us_per_token": cum * 1e6 / args.new_tokens}
+            for (file, line, name), (_, calls, own, cum, _) in rows]
+
+
 def conservative_ratio(row: dict) -> float:
     """The lower of the two estimates of HypLoRA / LoRA tokens/s: the ratio of the medians, and the median of
     the per-repeat (paired) ratios. With noisy repeats they can differ by 0.1 (benchmarks/RESULTS.md)."""
@@ -324,6 +351,11 @@ def print_case(case: dict) -> None:
                   f"{row['kernels_per_token_step']:.0f} kernels per decoding step (prefill included); top kernels:")
             for kernel in row["top_kernels"]:
                 print(f"  {kernel['gpu_us'] / 1e3:8.2f} ms  x{kernel['count']:<6} {kernel['name']}")
+    for row in case["rows"]:
+        if "host_profile" in row:
+            print(f"\nhost profile (cProfile), {row['method']}: own us per generated token, calls, function")
+            for entry in row["host_profile"][:12]:
+                print(f"  {entry['own_us_per_token']:9.1f}  x{entry['calls']:<7} {entry['function']}")
     mismatched = [row["method"] for row in case["rows"] if row["same_tokens_as_base"] is False]
     if mismatched:
         print(f"note: tokens differ from the base model's for {mismatched} (fresh adapters add ~0; "

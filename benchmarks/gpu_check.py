@@ -51,7 +51,7 @@ def check(variant: str, device: torch.device, compiled: bool = False) -> dict[st
     else:
         fast = lambda x, A, B, K, s: Fn.BRANCHES[variant](x, A, B, K, s, 4.0, 12.0)  # noqa: E731
         literal = lambda x, A, B, K, s: Fn.LITERAL_BRANCHES[variant](x, A, B, K, s, 4.0, 12.0)  # noqa: E731
-    if compiled:  # inductor's fused kernels of the torch path (the Triton kernel steps aside under compile)
+    if compiled:  # inductor around the opaque operations (on a GPU: the Gram-parts, gate and backward kernels)
         torch._dynamo.reset()
         fast = torch.compile(fast, fullgraph=True, dynamic=False)
     on_device = [x.float().to(device), A.to(device), B.to(device), K.to(device), s.to(device)]

@@ -118,13 +118,14 @@ def profile_steps(method: str, step, device) -> dict:
 
 
 # What a profiled kernel is, by its name: the adapters' float32 matmuls (cuBLAS's float32 GEMMs, CUTLASS's SIMT
-# sgemm, and the split-K reductions cuBLAS adds to long-K ones), HypLoRA's Triton gate kernel, inductor's fused
+# sgemm, and the split-K reductions cuBLAS adds to long-K ones), HypLoRA's Triton kernels, inductor's fused
 # kernels, copies and memsets, and the rest (bf16 GEMMs of the base model, attention, the optimizer).
 KERNEL_KINDS = [
     ("float32 GEMMs and split-K reductions",
      re.compile(r"sgemm|gemm_f32|splitKreduce_kernel<\d+, \d+, int, float, float"
                 r"|gemvx::kernel<int, int, float|dot_kernel<float")),
-    ("HypLoRA Triton kernels", re.compile(r"^_gate_forward_kernel|^_lorentz_full_forward_kernel|^_add_gated_kernel")),
+    ("HypLoRA Triton kernels", re.compile(r"^_gate_forward_kernel|^_lorentz_full_forward_kernel|^_add_gated_kernel"
+                                         r"|^_gram_kernel|^_gate_backward_kernel|^_matmul_small_kernel")),
     ("inductor fused kernels", re.compile(r"^triton_")),
     ("copies and memsets", re.compile(r"memcpy|Memcpy|Memset")),
 ]

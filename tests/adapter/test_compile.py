@@ -70,8 +70,9 @@ def test_triton_kernels_step_aside_inside_torch_compile(monkeypatch):
     assert seen == [False]
 
 
-@pytest.mark.parametrize(("variant", "operation"), [("lorentz", "gated_terms"), ("stereographic", "gated_terms"),
-                                                    ("lorentz-full", "lorentz_full_terms")])
+@pytest.mark.parametrize(("variant", "operation"), [
+    ("lorentz", "gated_terms"), ("stereographic", "gated_terms"), ("lorentz", "gated_backward_terms"),
+    ("stereographic", "gated_backward_terms"), ("lorentz-full", "lorentz_full_terms")])
 def test_gates_enter_the_compiled_graph_as_one_opaque_operation(variant, operation):
     """Traced, the gate formulas would be hundreds of elementwise nodes per layer, which inductor takes minutes to
     compile for a whole model; as a torch.library operation they are one node (the Triton kernel on a GPU)."""
@@ -99,12 +100,14 @@ def test_opaque_operations_pass_torch_library_opcheck():
     x, A, B = (torch.randn(rows, d_in, generator=g), torch.randn(rank, d_in, generator=g),
                torch.randn(d_out, rank, generator=g))
     rho_k, rho_s = torch.tensor([0.2]), torch.tensor([-0.1])
-    a_raw, norm_x, gram = x @ A.t(), torch.linalg.vector_norm(x, dim=-1), B.t() @ B
-    a_time, gram_full = torch.randn(rank, generator=g), torch.eye(rank + 1) + 0.1  # (r + 1)-points, time first
+    a_raw, norm_x = x @ A.t(), torch.linalg.vector_norm(x, dim=-1)
+    a_time, B_full = torch.randn(rank, generator=g), torch.randn(d_out, rank + 1, generator=g)  # time first
+    q, coef, gram_a = torch.randn(rows, rank, generator=g), torch.randn(rows, 5, generator=g), a_raw @ (B.t() @ B)
     cases = [
-        (torch.ops.hyplora.gated_terms.default, (a_raw, norm_x, gram, rho_k, rho_s, 1.0, 2.0, "lorentz", 2.0, 12.0)),
+        (torch.ops.hyplora.gated_terms.default, (a_raw, norm_x, B, rho_k, rho_s, 1.0, 2.0, "lorentz", 2.0, 12.0)),
+        (torch.ops.hyplora.gated_backward_terms.default, (q, a_raw, coef, gram_a, B)),
         (torch.ops.hyplora.lorentz_full_terms.default,
-         (a_raw, a_time, norm_x, gram_full, rho_k, rho_s, 1.0, 2.0, 2.0, 12.0)),
+         (a_raw, a_time, norm_x, B_full, rho_k, rho_s, 1.0, 2.0, 2.0, 12.0)),
     ]
     for operation, args in cases:
         torch.library.opcheck(operation, args, test_utils=("test_schema", "test_faketensor"))

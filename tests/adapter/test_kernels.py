@@ -194,3 +194,76 @@ def test_layer_no_grad_forward_on_the_in_place_path_equals_the_autograd_forward(
     reference = model(x)  # autograd on: the custom autograd function's forward
     assert reference.requires_grad and layer.lora_A["default"].weight.requires_grad
     _close(fast, reference.detach(), 2e-6, "layer output")
+
+
+@pytest.mark.parametrize("shape", [(1000, 32), (300, 20), (700, 64), (5, 3), (17000, 8), (0, 4)])  # n, rank
+def test_gram_matrix_matches_float64(interpreted, shape):
+    """Weights long enough for several slabs (atomic adds of their products), ranks that are not powers of two,
+    and no rows at all."""
+    n, rank = shape
+    weight = torch.randn(n, rank, generator=torch.Generator().manual_seed(5)).to(DEVICE)
+    expected = weight.double().t() @ weight.double()
+    _close(kernels.gram_matrix(weight), expected, 1e-6, "Gram matrix")
+
+
+@pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (300, 64, 50), (3000, 8, 30)])
+def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
+    """`kernels.gate_backward` (what the compiled backward runs) against `_gated_backward_torch` in float64, with
+    token counts that make several slabs, the last one partial, so the sums over slabs are exercised."""
+    rows, rank, d_out = shape
+    g = torch.Generator().manual_seed(6)
+    q, a_raw, gram_a = (torch.randn(rows, rank, generator=g) for _ in range(3))
+    coef, B = torch.randn(rows, 5, generator=g), torch.randn(d_out, rank, generator=g)
+    got = kernels.gate_backward(*(t.to(DEVICE) for t in (q, a_raw, coef, gram_a, B)))
+    expected = Fn._gated_backward_torch(q.double(), a_raw.double(), coef.double(), gram_a.double(), B.double())
+    for name, value, want in zip(["P", "w", "B M", "rho"], got, expected):
+        assert value.shape == want.shape and value.dtype == torch.float32, name
+        floor = float(want.abs().sum()) if name == "rho" else 1e-12  # sums over tokens that can cancel
+        _close(value, want, 1e-5, name, floor=floor)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_compiled_training_step_on_the_kernel_path_matches_the_eager_torch_path(interpreted, monkeypatch, variant):
+    """Under torch.compile the opaque operations run the Gram-parts, gate and backward kernels; loss and gradients
+    equal those of the eager torch path (``HYPLORA_TRITON=0``)."""
+    import peft
+
+    from hyplora import HypLoraConfig
+
+    from ..conftest import make_tiny_llama
+
+    if DEVICE != "cpu":
+        pytest.skip("on a GPU, benchmarks/gpu_check.py checks the compiled path")
+    ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(7))
+
+    def loss_and_grads(compiled: bool):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = peft.get_peft_model(make_tiny_llama(), HypLoraConfig(
+            r=5, lora_alpha=8, target_modules=["q_proj", "down_proj"], variant=variant, init_lora_weights=False))
+        run = torch.compile(model, backend="aot_eager", fullgraph=True) if compiled else model
+        loss = run(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    calls = []
+    for name in ("gram_matrix", "gate_backward"):
+        original = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    kernel_loss, kernel_grads = loss_and_grads(compiled=True)
+    assert "gram_matrix" in calls and ("gate_backward" in calls) == (variant != "lorentz-full")
+    # torch.use_deterministic_algorithms(True): no atomic adds, the torch operations (same results)
+    calls.clear()
+    torch.use_deterministic_algorithms(True)
+    try:
+        deterministic_loss, deterministic_grads = loss_and_grads(compiled=True)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert calls == []
+    monkeypatch.undo()
+    monkeypatch.setenv("HYPLORA_TRITON", "0")
+    eager_loss, eager_grads = loss_and_grads(compiled=False)
+    for loss, grads in ((kernel_loss, kernel_grads), (deterministic_loss, deterministic_grads)):
+        torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-6)
+        for name, grad in eager_grads.items():
+            _close(grads[name], grad, 5e-5, name, floor=float(grad.abs().max()) + 1e-12)

@@ -166,14 +166,13 @@ def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, 
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
     a_raw = x_cast @ A.t()
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
-    gram = B.t() @ B
     if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
         z, coef, gram_a = torch.ops.hyplora.gated_terms(
-            a_raw, norm_x, gram, rho_k, rho_s, float(k0), float(s0), variant, float(scaling), float(theta_max))
+            a_raw, norm_x, B, rho_k, rho_s, float(k0), float(s0), variant, float(scaling), float(theta_max))
         if not with_coefficients:
             coef = gram_a = None
-    else:
-        z, coef, gram_a = _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+    else:  # eager: cuBLAS's Gram matrix costs less host time than a second Triton launch (see `kernels`)
+        z, coef, gram_a = _gated_terms(a_raw, norm_x, B.t() @ B, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
                                        with_coefficients)
     out = z @ B.t()
     return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram_a
@@ -202,6 +201,15 @@ def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
     return pair[0].reshape(rho.shape).to(rho.dtype), pair[1].reshape(rho.shape).to(rho.dtype)
 
 
+def _gated_backward_torch(q, a_raw, coef, gram_a, B):
+    """``(P, w, B M, rho)`` of `_GatedLowRank.backward` with ``q = grad_out B`` (see there), in torch."""
+    scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
+    beta = scaled[:, 1:2]
+    p = torch.addcmul(q * coef[:, :1], beta, gram_a)
+    bm = torch.mm(B, torch.mm((a_raw * beta).t(), a_raw))
+    return p, scaled[:, 2], bm, scaled[:, 3:].sum(dim=0)
+
+
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
@@ -209,7 +217,10 @@ class _GatedLowRank(torch.autograd.Function):
     One autograd node per layer, like LoRA's two matmuls. The forward also computes five per-token
     coefficients (`_gate_coefficients`; on CUDA in the Triton kernel of `kernels`), so that the backward is
     LoRA's three matmuls plus a few rank-sized torch operations; only x (in its own dtype), ``a_raw = x A^T``,
-    ``Z`` and ``a_raw B^T B`` (rank-sized) and the coefficients are saved.
+    ``Z`` and ``a_raw B^T B`` (rank-sized) and the coefficients are saved. Under torch.compile the rank-sized
+    part of the backward is one opaque operation too (two Triton launches on a GPU, `kernels.gate_backward`,
+    instead of a handful of small cuBLAS GEMMs, their split-K reductions and inductor kernels; the torch
+    operations under ``torch.use_deterministic_algorithms(True)``).
     """
 
     @staticmethod
@@ -235,20 +246,21 @@ class _GatedLowRank(torch.autograd.Function):
         if grad_out.dtype != A.dtype:
             grad_out = grad_out.to(A.dtype)
         q = torch.mm(grad_out, B)
-        scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
-        beta = scaled[:, 1:2]
-        p = torch.addcmul(q * coef[:, :1], beta, gram_a)
+        if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
+            p, w, bm, rho_pair = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram_a, B)
+        else:  # eager: a Triton launch on autograd's thread costs more host time than these (see `kernels`)
+            p, w, bm, rho_pair = _gated_backward_torch(q, a_raw, coef, gram_a, B)
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
         if needs[1]:
             grad_A = torch.mm(p.t(), x_cast)
         if needs[0]:
-            grad_x = torch.mm(p, A).addcmul_(x_cast, scaled[:, 2:3])  # in place: one float32 x-sized temporary fewer
+            grad_x = torch.mm(p, A).addcmul_(x_cast, w.unsqueeze(-1))  # in place: one float32 x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).view(x.shape)
         if needs[2]:
-            grad_B = torch.addmm(torch.mm(B, torch.mm((a_raw * beta).t(), a_raw)), grad_out.t(), z)
+            grad_B = torch.addmm(bm, grad_out.t(), z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(scaled[:, 3:].sum(dim=0), rho_k)
+            grad_rho_k, grad_rho_s = _split_rho_grads(rho_pair, rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
 
 
@@ -305,22 +317,21 @@ def _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling: float, theta
 
 
 def _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling: float, theta_max: float, with_coefficients):
-    """``(branch, Z, a_raw, terms, B^T B)`` of "lorentz-full", ``a_raw = x A[:, 1:]^T``."""
+    """``(branch, Z, a_raw, terms)`` of "lorentz-full", ``a_raw = x A[:, 1:]^T``."""
     shape = x.shape
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
     a_raw = x_cast @ A[:, 1:].t()
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
-    gram = B.t() @ B
     a_time = A[:, 0].contiguous()
     if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
         Z, *terms = torch.ops.hyplora.lorentz_full_terms(
-            a_raw, a_time, norm_x, gram, rho_k, rho_s, float(k0), float(s0), float(scaling), float(theta_max))
+            a_raw, a_time, norm_x, B, rho_k, rho_s, float(k0), float(s0), float(scaling), float(theta_max))
         terms = tuple(terms) if with_coefficients else None
     else:
-        Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling,
+        Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, B.t() @ B, rho_k, rho_s, k0, s0, scaling,
                                                  theta_max, with_coefficients)
     out = Z @ B.t()
-    return out.reshape(*shape[:-1], B.shape[0]), Z, a_raw, terms, gram
+    return out.reshape(*shape[:-1], B.shape[0]), Z, a_raw, terms
 
 
 def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling: float,
@@ -339,7 +350,22 @@ def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0,
 # (benchmarks/RESULTS.md: 182 s against LoRA's 34 s for the 8B-shaped model of train_step.py, on a CPU). As
 # torch.library operations they are one node each, whose implementation (the Triton kernel on a GPU) runs at
 # run time, CUDA graphs included.
-def _gated_terms_op(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
+def _atomic_sums(device: torch.device, dtype: torch.dtype, points: int, variant: str) -> bool:
+    """Whether the compiled path's Gram matrix and backward sums use the Triton kernels, whose float32 atomic adds
+    make the last bits depend on scheduling: not under ``torch.use_deterministic_algorithms(True)``."""
+    return kernels.supports(device, dtype, points, variant) and not torch.are_deterministic_algorithms_enabled()
+
+
+def _gram(B: Tensor, points: int, variant: str) -> Tensor:
+    """``B^T B``; on the Triton path one launch (`kernels.gram_matrix`) instead of cuBLAS's GEMM and its split-K
+    reduction (inside a CUDA graph, launches cost GPU time, not host time)."""
+    if _atomic_sums(B.device, B.dtype, points, variant):
+        return kernels.gram_matrix(B.contiguous())
+    return B.t() @ B
+
+
+def _gated_terms_op(a_raw, norm_x, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
+    gram = _gram(B, a_raw.shape[1], variant)
     return _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
 
 
@@ -347,7 +373,19 @@ def _gated_terms_fake(a_raw, *_):
     return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5)), torch.empty_like(a_raw)
 
 
-def _lorentz_full_terms_op(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max):
+def _gated_backward_terms_op(q, a_raw, coef, gram_a, B):
+    if _atomic_sums(q.device, B.dtype, q.shape[1], "lorentz"):
+        return kernels.gate_backward(q.contiguous(), a_raw, coef, gram_a, B.contiguous())
+    p, w, bm, rho_pair = _gated_backward_torch(q, a_raw, coef, gram_a, B)
+    return p, w.contiguous(), bm, rho_pair
+
+
+def _gated_backward_terms_fake(q, a_raw, coef, gram_a, B):
+    return torch.empty_like(q), q.new_empty((q.shape[0],)), torch.empty_like(B), q.new_empty((2,))
+
+
+def _lorentz_full_terms_op(a_raw, a_time, norm_x, B, rho_k, rho_s, k0, s0, scaling, theta_max):
+    gram = _gram(B, a_raw.shape[1] + 1, "lorentz-full")
     Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
                                              True)
     return (Z, *terms)
@@ -360,16 +398,19 @@ def _lorentz_full_terms_fake(a_raw, *_):
 
 
 def _register_opaque_operations() -> bool:
-    """``torch.ops.hyplora.gated_terms`` and ``torch.ops.hyplora.lorentz_full_terms``; False before torch 2.4."""
+    """``torch.ops.hyplora.gated_terms``, ``.gated_backward_terms`` and ``.lorentz_full_terms``; False before
+    torch 2.4."""
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return False
     operations = [
         ("gated_terms", _gated_terms_op, _gated_terms_fake,
-         "(Tensor a_raw, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
+         "(Tensor a_raw, Tensor norm_x, Tensor B, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor)"),
+        ("gated_backward_terms", _gated_backward_terms_op, _gated_backward_terms_fake,
+         "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram_a, Tensor B) -> (Tensor, Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
-         "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor gram, Tensor rho_k, Tensor rho_s, float k0, float s0, "
+         "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor B, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
     ]
     for name, implementation, fake, schema in operations:
@@ -388,7 +429,7 @@ class _LorentzFullLowRank(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, scaling: float, theta_max: float):
-        out, Z, a_raw, terms, _ = _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, True)
+        out, Z, a_raw, terms = _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, True)
         ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, Z, *terms)
         return out
 

@@ -167,6 +167,74 @@ if triton is not None:
             dG_dK = g1 * dg2_dK + dG_dg1 * dg1_dK
         return g1 * g2, dG_dn, dG_dm, dG_dK
 
+    @triton.jit(do_not_specialize=["N"])
+    def _gram_kernel(x_ptr, out_ptr, N, R, ROWS, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+        """``out += X_p^T X_p`` for the p-th slab of ``ROWS`` rows of X (N x R), by atomic adds into ``out``."""
+        part = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_R)
+        col_mask = cols < R
+        acc = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
+        first = part * ROWS
+        last = tl.minimum(first + ROWS, N)
+        for start in range(first, last, BLOCK_N):
+            rows = start + tl.arange(0, BLOCK_N)
+            mask = (rows[:, None] < last) & col_mask[None, :]
+            x = tl.load(x_ptr + rows[:, None].to(tl.int64) * R + cols[None, :], mask=mask, other=0.0)
+            acc += tl.dot(tl.trans(x), x, input_precision="ieee")
+        tl.atomic_add(out_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
+                      sem="relaxed")
+
+    @triton.jit(do_not_specialize=["T"])
+    def _gate_backward_kernel(
+        q_ptr, a_ptr, coef_ptr, ga_ptr, p_ptr, w_ptr, m_ptr, rho_ptr, T, R, ROWS,
+        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """The rank-sized part of `functional._GatedLowRank.backward` for one slab of ``ROWS`` tokens.
+
+        With ``qa = <q, a>`` per token: ``p = c0 q + (qa k_m) a B^T B`` and ``w = qa k_n`` per token; this slab's
+        terms of ``M = sum_t (qa k_m) a a^T`` and of ``(sum_t qa k_K, sum_t qa k_s)`` are added atomically."""
+        part = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_R)
+        col_mask = cols < R
+        acc = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
+        acc_k = tl.zeros([BLOCK_T], dtype=tl.float32)
+        acc_s = tl.zeros([BLOCK_T], dtype=tl.float32)
+        first = part * ROWS
+        last = tl.minimum(first + ROWS, T)
+        for start in range(first, last, BLOCK_T):
+            rows = start + tl.arange(0, BLOCK_T)
+            row_mask = rows < last
+            mask = row_mask[:, None] & col_mask[None, :]
+            tile = rows[:, None].to(tl.int64) * R + cols[None, :]
+            q = tl.load(q_ptr + tile, mask=mask, other=0.0)
+            a = tl.load(a_ptr + tile, mask=mask, other=0.0)
+            ga = tl.load(ga_ptr + tile, mask=mask, other=0.0)
+            base = coef_ptr + rows.to(tl.int64) * 5
+            c0 = tl.load(base, mask=row_mask, other=0.0)
+            qa = tl.sum(q * a, axis=1)
+            beta = qa * tl.load(base + 1, mask=row_mask, other=0.0)
+            tl.store(p_ptr + tile, c0[:, None] * q + beta[:, None] * ga, mask=mask)
+            tl.store(w_ptr + rows, qa * tl.load(base + 2, mask=row_mask, other=0.0), mask=row_mask)
+            acc_k += qa * tl.load(base + 3, mask=row_mask, other=0.0)
+            acc_s += qa * tl.load(base + 4, mask=row_mask, other=0.0)
+            acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
+        tl.atomic_add(m_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
+                      sem="relaxed")
+        tl.atomic_add(rho_ptr, tl.sum(acc_k, axis=0), sem="relaxed")
+        tl.atomic_add(rho_ptr + 1, tl.sum(acc_s, axis=0), sem="relaxed")
+
+    @triton.jit(do_not_specialize=["D"])
+    def _matmul_small_kernel(b_ptr, m_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+        """``out = B M`` for a tall B (D x R) and a small M (R x R)."""
+        rows = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+        cols = tl.arange(0, BLOCK_R)
+        mask = (rows[:, None] < D) & (cols[None, :] < R)
+        tile = rows[:, None].to(tl.int64) * R + cols[None, :]
+        b = tl.load(b_ptr + tile, mask=mask, other=0.0)
+        m = tl.load(m_ptr + cols[:, None] * R + cols[None, :], mask=(cols[:, None] < R) & (cols[None, :] < R),
+                    other=0.0)
+        tl.store(out_ptr + tile, tl.dot(b, m, input_precision="ieee"), mask=mask)
+
     @triton.jit(do_not_specialize=["T"])
     def _gate_forward_kernel(
         a_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, coef_ptr, ga_ptr,
@@ -309,6 +377,47 @@ def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     if variant == "stereographic":
         return math.tanh(theta_max / 2.0), math.sinh(theta_max)
     return theta_max, math.sinh(theta_max)
+
+
+def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
+    """``(slabs, rows per slab)``: at most ``most`` slabs of whole blocks covering ``rows`` rows (one if none)."""
+    per_slab = triton.cdiv(triton.cdiv(max(rows, 1), most), block) * block
+    return triton.cdiv(max(rows, 1), per_slab), per_slab
+
+
+def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """``W^T W`` (r x r) of a contiguous float32 (n x r) ``weight`` in one launch: slabs of at least 128 rows, at
+    most 128 of them (about one per SM), each adding its product atomically (no split-K reduction kernel; the
+    order of the float32 additions, hence the last bits, may differ from run to run)."""
+    n, rank = weight.shape
+    block_r = max(16, triton.next_power_of_2(rank))
+    block_n = {16: 64, 32: 64, 64: 32}.get(block_r, 16)
+    slabs, per_slab = _slabs(n, max(128, block_n), 128)
+    out = torch.zeros((rank, rank), dtype=torch.float32, device=weight.device)
+    _gram_kernel[(slabs,)](weight, out, n, rank, per_slab, BLOCK_N=block_n, BLOCK_R=block_r)
+    return out
+
+
+def gate_backward(q, a_raw, coef, gram_a, B):
+    """The rank-sized part of `functional._GatedLowRank.backward` in two launches: ``(P, w, B M, rho)`` with
+    ``P = dL/d a_raw`` (rows x r), ``w`` (rows) the coefficient of x in dL/dx, ``B M`` (d_out x r) the Gram term of
+    dL/dB and ``rho`` the two log-ratio gradients (2,). The sums over tokens are atomic float32 adds (their last
+    bits may differ from run to run)."""
+    rows, rank = q.shape
+    block_t, block_r = _rank_blocks(rank)
+    slabs, per_slab = _slabs(rows, block_t, 32)
+    device = q.device
+    p = torch.empty_like(q)
+    w = torch.empty((rows,), dtype=torch.float32, device=device)
+    sums = torch.zeros((rank * rank + 2,), dtype=torch.float32, device=device)  # M, then the two rho sums
+    _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, sums, sums[rank * rank:], rows, rank, per_slab,
+                                    BLOCK_T=block_t, BLOCK_R=block_r)
+    d_out = B.shape[0]
+    bm = torch.empty_like(B)
+    block_d = 128 if block_r <= 32 else 32
+    _matmul_small_kernel[(max(1, triton.cdiv(d_out, block_d)),)](B, sums, bm, d_out, rank, BLOCK_D=block_d,
+                                                                  BLOCK_R=block_r)
+    return p, w, bm, sums[rank * rank:]
 
 
 def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients):
