@@ -218,6 +218,7 @@ def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
     expected = Fn._gated_backward_torch(q.double(), a_raw.double(), coef.double(), gram_a.double(), B.double())
     for name, value, want in zip(["P", "w", "B M", "rho"], got, expected):
         assert value.shape == want.shape and value.dtype == torch.float32, name
+        assert value.data_ptr() % 16 == 0, f"{name}: inductor asserts 16-byte aligned outputs"
         floor = float(want.abs().sum()) if name == "rho" else 1e-12  # sums over tokens that can cancel
         _close(value, want, 1e-5, name, floor=floor)
 
@@ -236,6 +237,7 @@ def test_lorentz_full_backward_kernels_match_the_float64_torch_formulas(interpre
     expected = Fn._lorentz_full_backward_torch(*(t.double() for t in inputs))
     for name, value, want in zip(["dL/d a_raw", "w", "B M", "dL/dA[:, 0] and rho"], got, expected):
         assert value.shape == want.shape and value.dtype == torch.float32, name
+        assert value.data_ptr() % 16 == 0, f"{name}: inductor asserts 16-byte aligned outputs"
         floor = float(want.abs().sum()) if name.startswith("dL/dA") else 1e-12  # sums over tokens that can cancel
         _close(value, want, 1e-5, name, floor=floor)
 

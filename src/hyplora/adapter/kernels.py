@@ -225,12 +225,12 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["T"])
     def _lorentz_full_backward_kernel(
-        q_ptr, a_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, at_ptr, pa_ptr, w_ptr, sums_ptr, T, R, ROWS,
+        q_ptr, a_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, at_ptr, pa_ptr, w_ptr, m_ptr, v_ptr, T, R, ROWS,
         BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
         """The rank-sized part of `functional._LorentzFullLowRank.backward` for one slab of ``ROWS`` tokens: per
         token ``dL/d a_raw`` and ``w``; atomically, this slab's terms of ``M = sum_t beta P P^T`` ((R + 1)^2
-        numbers), of ``dL/dA[:, 0]`` (R) and of the two log-ratio gradients, in that order in ``sums``."""
+        numbers, at ``m_ptr``) and of ``[dL/dA[:, 0], the two log-ratio gradients]`` (R + 2, at ``v_ptr``)."""
         part = tl.program_id(0)
         cols = tl.arange(0, BLOCK_R)  # column 0 is the time coordinate of the (R + 1)-points
         R1 = R + 1
@@ -285,10 +285,10 @@ if triton is not None:
             acc_time += tl.sum(dL_dh * kcosh[:, None], axis=0)
             acc += tl.dot(tl.trans(P * beta[:, None]), P, input_precision="ieee")
         m_mask = in_p[:, None] & in_p[None, :]
-        tl.atomic_add(sums_ptr + cols[:, None] * R1 + cols[None, :], acc, mask=m_mask, sem="relaxed")
-        tl.atomic_add(sums_ptr + R1 * R1 + (cols - 1), acc_time, mask=in_h, sem="relaxed")
-        tl.atomic_add(sums_ptr + R1 * R1 + R, tl.sum(acc_k, axis=0), sem="relaxed")
-        tl.atomic_add(sums_ptr + R1 * R1 + R + 1, tl.sum(acc_s, axis=0), sem="relaxed")
+        tl.atomic_add(m_ptr + cols[:, None] * R1 + cols[None, :], acc, mask=m_mask, sem="relaxed")
+        tl.atomic_add(v_ptr + (cols - 1), acc_time, mask=in_h, sem="relaxed")
+        tl.atomic_add(v_ptr + R, tl.sum(acc_k, axis=0), sem="relaxed")
+        tl.atomic_add(v_ptr + R + 1, tl.sum(acc_s, axis=0), sem="relaxed")
 
     @triton.jit(do_not_specialize=["D"])
     def _matmul_small_kernel(b_ptr, m_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -446,6 +446,9 @@ def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     return theta_max, math.sinh(theta_max)
 
 
+_ALIGN = 4  # float32s per 16 bytes: inductor asserts that an operation's outputs are 16-byte aligned
+
+
 def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
     """``(slabs, rows per slab)``: at most ``most`` slabs of whole blocks covering ``rows`` rows (one if none)."""
     per_slab = triton.cdiv(triton.cdiv(max(rows, 1), most), block) * block
@@ -476,10 +479,12 @@ def gate_backward(q, a_raw, coef, gram_a, B):
     device = q.device
     p = torch.empty_like(q)
     w = torch.empty((rows,), dtype=torch.float32, device=device)
-    sums = torch.zeros((rank * rank + 2,), dtype=torch.float32, device=device)  # M, then the two rho sums
-    _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, sums, sums[rank * rank:], rows, rank, per_slab,
-                                    BLOCK_T=block_t, BLOCK_R=block_r)
-    return p, w, _times_small(B, sums, rank, block_r), sums[rank * rank:]
+    # the two rho sums, then M: returned tensors start at the buffer's start (inductor requires 16-byte alignment)
+    sums = torch.zeros((_ALIGN + rank * rank,), dtype=torch.float32, device=device)
+    m = sums[_ALIGN:]
+    _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, m, sums, rows, rank, per_slab, BLOCK_T=block_t,
+                                    BLOCK_R=block_r)
+    return p, w, _times_small(B, m, rank, block_r), sums[:2]
 
 
 def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
@@ -492,10 +497,12 @@ def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_
     p_a = torch.empty_like(a_raw)
     w = torch.empty((rows,), dtype=torch.float32, device=device)
     points = rank + 1
-    sums = torch.zeros((points * points + rank + 2,), dtype=torch.float32, device=device)  # M, dL/dA[:, 0], rho
-    _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, sums,
-                                            rows, rank, per_slab, BLOCK_T=block_t, BLOCK_R=block_r)
-    return p_a, w, _times_small(B, sums, points, block_r), sums[points * points:]
+    vector = triton.cdiv(rank + 2, _ALIGN) * _ALIGN  # dL/dA[:, 0] and rho, padded; then M (aligned, see above)
+    sums = torch.zeros((vector + points * points,), dtype=torch.float32, device=device)
+    m = sums[vector:]
+    _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m,
+                                            sums, rows, rank, per_slab, BLOCK_T=block_t, BLOCK_R=block_r)
+    return p_a, w, _times_small(B, m, points, block_r), sums[:rank + 2]
 
 
 def _times_small(B, m, rank, block_r):
