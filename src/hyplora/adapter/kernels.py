@@ -223,73 +223,6 @@ if triton is not None:
         tl.atomic_add(rho_ptr, tl.sum(acc_k, axis=0), sem="relaxed")
         tl.atomic_add(rho_ptr + 1, tl.sum(acc_s, axis=0), sem="relaxed")
 
-    @triton.jit(do_not_specialize=["T"])
-    def _lorentz_full_backward_kernel(
-        q_ptr, a_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, at_ptr, pa_ptr, w_ptr, m_ptr, v_ptr, T, R, ROWS,
-        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-    ):
-        """The rank-sized part of `functional._LorentzFullLowRank.backward` for one slab of ``ROWS`` tokens: per
-        token ``dL/d a_raw`` and ``w``; atomically, this slab's terms of ``M = sum_t beta P P^T`` ((R + 1)^2
-        numbers, at ``m_ptr``) and of ``[dL/dA[:, 0], the two log-ratio gradients]`` (R + 2, at ``v_ptr``)."""
-        part = tl.program_id(0)
-        cols = tl.arange(0, BLOCK_R)  # column 0 is the time coordinate of the (R + 1)-points
-        R1 = R + 1
-        in_h = (cols >= 1) & (cols <= R)
-        in_p = cols < R1
-        a_time = tl.load(at_ptr + (cols - 1), mask=in_h, other=0.0)
-        acc = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
-        acc_time = tl.zeros([BLOCK_R], dtype=tl.float32)
-        acc_k = tl.zeros([BLOCK_T], dtype=tl.float32)
-        acc_s = tl.zeros([BLOCK_T], dtype=tl.float32)
-        first = part * ROWS
-        last = tl.minimum(first + ROWS, T)
-        for start in range(first, last, BLOCK_T):
-            rows = start + tl.arange(0, BLOCK_T)
-            row_mask = rows < last
-            mask = row_mask[:, None] & in_p[None, :]
-            tile = rows[:, None].to(tl.int64) * R1 + cols[None, :]
-            q = tl.load(q_ptr + tile, mask=mask, other=0.0)
-            P = tl.load(p_ptr + tile, mask=mask, other=0.0)
-            GP = tl.load(gp_ptr + tile, mask=mask, other=0.0)
-            h_mask = row_mask[:, None] & in_h[None, :]
-            h_tile = rows[:, None].to(tl.int64) * R + (cols[None, :] - 1)
-            a_raw = tl.load(a_ptr + h_tile, mask=h_mask, other=0.0)
-            scal = scal_ptr + rows.to(tl.int64) * 4
-            cg2 = tl.load(scal, mask=row_mask, other=0.0)
-            kappa = tl.load(scal + 1, mask=row_mask, other=0.0)
-            g1_s = tl.load(scal + 2, mask=row_mask, other=0.0)
-            kcosh = tl.load(scal + 3, mask=row_mask, other=0.0)
-            qP = tl.sum(q * P, axis=1)
-            beta = qP * kappa
-            dL_dP = cg2[:, None] * q + beta[:, None] * GP
-            is_time = cols[None, :] == 0
-            rho = tl.sum(tl.where(is_time, dL_dP, 0.0), axis=1)
-            time = tl.sum(tl.where(is_time, P, 0.0), axis=1)
-            time = tl.where(row_mask, time, 1.0)
-            dL_dh = tl.where(in_h[None, :], dL_dP + (rho / time)[:, None] * P, 0.0)
-            sigma = tl.sum(dL_dh * a_raw, axis=1)
-            tau = tl.sum(dL_dh * a_time[None, :], axis=1)
-            base = c_ptr + rows.to(tl.int64) * 12  # (4 x 3) per token, rows (sigma, tau, rho, <q, P>)
-            w = (sigma * tl.load(base + 0, mask=row_mask, other=0.0) + tau * tl.load(base + 3, mask=row_mask, other=0.0)
-                 + rho * tl.load(base + 6, mask=row_mask, other=0.0) + qP * tl.load(base + 9, mask=row_mask, other=0.0))
-            acc_k += (sigma * tl.load(base + 1, mask=row_mask, other=0.0)
-                      + tau * tl.load(base + 4, mask=row_mask, other=0.0)
-                      + rho * tl.load(base + 7, mask=row_mask, other=0.0)
-                      + qP * tl.load(base + 10, mask=row_mask, other=0.0))
-            acc_s += (sigma * tl.load(base + 2, mask=row_mask, other=0.0)
-                      + tau * tl.load(base + 5, mask=row_mask, other=0.0)
-                      + rho * tl.load(base + 8, mask=row_mask, other=0.0)
-                      + qP * tl.load(base + 11, mask=row_mask, other=0.0))
-            tl.store(w_ptr + rows, w, mask=row_mask)
-            tl.store(pa_ptr + h_tile, dL_dh * g1_s[:, None], mask=h_mask)
-            acc_time += tl.sum(dL_dh * kcosh[:, None], axis=0)
-            acc += tl.dot(tl.trans(P * beta[:, None]), P, input_precision="ieee")
-        m_mask = in_p[:, None] & in_p[None, :]
-        tl.atomic_add(m_ptr + cols[:, None] * R1 + cols[None, :], acc, mask=m_mask, sem="relaxed")
-        tl.atomic_add(v_ptr + (cols - 1), acc_time, mask=in_h, sem="relaxed")
-        tl.atomic_add(v_ptr + R, tl.sum(acc_k, axis=0), sem="relaxed")
-        tl.atomic_add(v_ptr + R + 1, tl.sum(acc_s, axis=0), sem="relaxed")
-
     @triton.jit(do_not_specialize=["D"])
     def _matmul_small_kernel(b_ptr, m_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
         """``out = B M`` for a tall B (D x R) and a small M (R x R)."""
@@ -446,9 +379,6 @@ def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     return theta_max, math.sinh(theta_max)
 
 
-_ALIGN = 4  # float32s per 16 bytes: inductor asserts that an operation's outputs are 16-byte aligned
-
-
 def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
     """``(slabs, rows per slab)``: at most ``most`` slabs of whole blocks covering ``rows`` rows (one if none)."""
     per_slab = triton.cdiv(triton.cdiv(max(rows, 1), most), block) * block
@@ -479,40 +409,18 @@ def gate_backward(q, a_raw, coef, gram_a, B):
     device = q.device
     p = torch.empty_like(q)
     w = torch.empty((rows,), dtype=torch.float32, device=device)
-    # the two rho sums, then M: returned tensors start at the buffer's start (inductor requires 16-byte alignment)
-    sums = torch.zeros((_ALIGN + rank * rank,), dtype=torch.float32, device=device)
-    m = sums[_ALIGN:]
+    # the two rho sums, then M: the returned sums start at the buffer's start (inductor asserts that an operation's
+    # outputs are 16-byte aligned)
+    sums = torch.zeros((4 + rank * rank,), dtype=torch.float32, device=device)
+    m = sums[4:]
     _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, m, sums, rows, rank, per_slab, BLOCK_T=block_t,
                                     BLOCK_R=block_r)
-    return p, w, _times_small(B, m, rank, block_r), sums[:2]
-
-
-def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
-    """`functional._lorentz_full_backward_torch` in two launches: ``(dL/d a_raw, w, B M, [dL/dA[:, 0], rho])``, the
-    sums over tokens by atomic float32 adds (as in `gate_backward`)."""
-    rows, rank = a_raw.shape
-    block_t, block_r = _rank_blocks(rank + 1)
-    slabs, per_slab = _slabs(rows, block_t, 32)
-    device = q.device
-    p_a = torch.empty_like(a_raw)
-    w = torch.empty((rows,), dtype=torch.float32, device=device)
-    points = rank + 1
-    vector = triton.cdiv(rank + 2, _ALIGN) * _ALIGN  # dL/dA[:, 0] and rho, padded; then M (aligned, see above)
-    sums = torch.zeros((vector + points * points,), dtype=torch.float32, device=device)
-    m = sums[vector:]
-    _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m,
-                                            sums, rows, rank, per_slab, BLOCK_T=block_t, BLOCK_R=block_r)
-    return p_a, w, _times_small(B, m, points, block_r), sums[:rank + 2]
-
-
-def _times_small(B, m, rank, block_r):
-    """``B M`` for B (d x rank) and the (rank x rank) matrix M at the start of ``m``."""
     d_out = B.shape[0]
-    out = torch.empty_like(B)
+    bm = torch.empty_like(B)
     block_d = 128 if block_r <= 32 else 32
-    _matmul_small_kernel[(max(1, triton.cdiv(d_out, block_d)),)](B, m, out, d_out, rank, BLOCK_D=block_d,
+    _matmul_small_kernel[(max(1, triton.cdiv(d_out, block_d)),)](B, m, bm, d_out, rank, BLOCK_D=block_d,
                                                                   BLOCK_R=block_r)
-    return out
+    return p, w, bm, sums[:2]
 
 
 def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients):
