@@ -40,7 +40,7 @@ def test_train_step_smoke_run_reports_ratios_to_lora(tmp_path):
 def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
     out = tmp_path / "decode.json"
     run_script("decode.py", "--tiny", "--model", "smollm2", "--methods", "base,lora,hyplora-lorentz",
-               "--batch-sizes", "1", "--cache", "static", "--json", str(out))
+               "--batch-sizes", "1", "--cache", "static", "--host-profile", "--json", str(out))
     text = out.read_text()
     assert "hyplora-lorentz" in text and "ratio_to_lora" in text and "static KV cache" in text
     rows = {row["method"]: row for row in json.loads(text)["cases"][0]["rows"]}
@@ -53,6 +53,12 @@ def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
     assert len(rows["lora"]["prefill_seconds"]) == len(rows["lora"]["seconds"])
     expected = steps["lora"] / steps["hyplora-lorentz"]
     assert rows["hyplora-lorentz"]["decode_only_ratio_to_lora"] == pytest.approx(expected)
+    # --host-profile: cProfile's heaviest Python functions of one generate call, heaviest first, per token
+    profile = rows["hyplora-lorentz"]["host_profile"]
+    own = [entry["own_us_per_token"] for entry in profile]
+    assert 0 < len(profile) <= 25 and own == sorted(own, reverse=True) and own[0] > 0
+    assert any("hyperbolic_branch" in entry["function"] or "_inference_branch" in entry["function"]
+               for entry in rows["hyplora-lorentz"]["host_profile"])
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():

@@ -6,9 +6,14 @@ per-token and rank-sized, and one kernel does all of it: ``m`` through the Gram 
 (when a backward will follow) five per-token coefficients that turn the backward into a few rank-sized
 torch operations (see `functional._GatedLowRank.backward`).
 
-Why the backward has no kernel of its own: it runs on autograd's device thread, where each Triton launch
+Eager, the backward has no kernel of its own: it runs on autograd's device thread, where each Triton launch
 from Python costs about 0.1 ms of host time (measured on an H200 host, benchmarks/RESULTS.md) against a few
-microseconds for a torch operation, and a training step at LoRA's sizes is bound by host time.
+microseconds for a torch operation, and an eager training step at LoRA's sizes is bound by host time. Under
+torch.compile with CUDA graphs launches cost no host time, only GPU time, and there the opaque operations of
+`functional` run kernels for what would otherwise be small cuBLAS GEMMs with split-K reductions: the Gram
+matrix ``B^T B`` (`gram_matrix`, one launch) and the backward's rank-sized work (`gate_backward`, two launches).
+Their sums over rows are float32 atomic adds, so their last bits can change from run to run;
+``torch.use_deterministic_algorithms(True)`` makes `functional` use torch operations instead.
 
 Without autograd (a prefill, eager decoding) there is no backward to feed, and the cheapest order is LoRA's:
 ``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
