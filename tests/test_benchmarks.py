@@ -118,3 +118,21 @@ def test_compiled_step_host_smoke_run_finds_one_graph_and_passing_guards(tmp_pat
         # the recorded decoding call passes the guards of the one graph compiled for it, so the time is of a full check
         assert r["graphs"] == 1 and r["graph_breaks"] == 0 and r["guards_pass"] and r["guard_check_us"] > 0
         assert r["adapted_layers"] == 5 * r["layers"]
+
+
+@pytest.mark.slow
+def test_kernel_registers_compiles_every_launch_for_sm90_without_a_gpu(tmp_path):
+    """Static register and spill counts of every kernel launch (Triton's toolchain, no GPU). Guards against the
+    spills that made the first lorentz-full backward kernel 40x slower than the gated one on an H200."""
+    triton = pytest.importorskip("triton")
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")):
+        pytest.skip("this Triton has no NVIDIA toolchain")
+    from hyplora.adapter import kernels
+
+    out = tmp_path / "registers.json"
+    run_script("kernel_registers.py", "--ranks", "32", "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["kernel"], r["constants"]) for r in rows] == [(k, c) for k, c, _ in kernels.launch_configs(32)]
+    assert all(0 < r["registers"] <= 255 for r in rows)
+    assert all(r["stack_bytes"] == 0 for r in rows if r["kernel"].startswith("_lorentz_full"))
+    assert max(r["stack_bytes"] for r in rows) <= 512  # the first lorentz-full backward kernel had 5 KB

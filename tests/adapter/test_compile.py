@@ -72,7 +72,8 @@ def test_triton_kernels_step_aside_inside_torch_compile(monkeypatch):
 
 @pytest.mark.parametrize(("variant", "operation"), [
     ("lorentz", "gated_terms"), ("stereographic", "gated_terms"), ("lorentz", "gated_backward_terms"),
-    ("stereographic", "gated_backward_terms"), ("lorentz-full", "lorentz_full_terms")])
+    ("stereographic", "gated_backward_terms"), ("lorentz-full", "lorentz_full_terms"),
+    ("lorentz-full", "lorentz_full_backward_terms")])
 def test_gates_enter_the_compiled_graph_as_one_opaque_operation(variant, operation):
     """Traced, the gate formulas would be hundreds of elementwise nodes per layer, which inductor takes minutes to
     compile for a whole model; as a torch.library operation they are one node (the Triton kernel on a GPU)."""
@@ -109,5 +110,10 @@ def test_opaque_operations_pass_torch_library_opcheck():
         (torch.ops.hyplora.lorentz_full_terms.default,
          (a_raw, a_time, norm_x, B_full, rho_k, rho_s, 1.0, 2.0, 2.0, 12.0)),
     ]
+    point = torch.randn(rows, rank + 1, generator=g)
+    point[:, 0] = point[:, 0].abs() + 1.0
+    full_backward = (torch.randn(rows, rank + 1, generator=g), a_raw, point, torch.randn(rows, rank + 1, generator=g),
+                     torch.randn(rows, 4, generator=g), torch.randn(rows, 4, 3, generator=g), a_time, B_full)
+    cases.append((torch.ops.hyplora.lorentz_full_backward_terms.default, full_backward))
     for operation, args in cases:
         torch.library.opcheck(operation, args, test_utils=("test_schema", "test_faketensor"))

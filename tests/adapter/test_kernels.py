@@ -223,6 +223,25 @@ def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
         _close(value, want, 1e-5, name, floor=floor)
 
 
+@pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (3000, 8, 30)])
+def test_lorentz_full_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
+    rows, rank, d_out = shape
+    g = torch.Generator().manual_seed(8)
+    q, point, gram_point = (torch.randn(rows, rank + 1, generator=g) for _ in range(3))
+    point[:, 0] = point[:, 0].abs() + 1.0  # the time coordinate sqrt(K + |h|^2) is positive
+    a_raw, scalars = torch.randn(rows, rank, generator=g), torch.randn(rows, 4, generator=g)
+    coefficients, a_time = torch.randn(rows, 4, 3, generator=g), torch.randn(rank, generator=g)
+    B = torch.randn(d_out, rank + 1, generator=g)
+    inputs = (q, a_raw, point, gram_point, scalars, coefficients, a_time, B)
+    got = kernels.lorentz_full_backward(*(t.to(DEVICE) for t in inputs))
+    expected = Fn._lorentz_full_backward_torch(*(t.double() for t in inputs))
+    for name, value, want in zip(["dL/d a_raw", "w", "B M", "dL/dA[:, 0] and rho"], got, expected):
+        assert value.shape == want.shape and value.dtype == torch.float32, name
+        assert value.data_ptr() % 16 == 0, f"{name}: inductor asserts 16-byte aligned outputs"
+        floor = float(want.abs().sum()) if name.startswith("dL/dA") else 1e-12  # sums over tokens that can cancel
+        _close(value, want, 1e-5, name, floor=floor)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_compiled_training_step_on_the_kernel_path_matches_the_eager_torch_path(interpreted, monkeypatch, variant):
     """Under torch.compile the opaque operations run the Gram-parts, gate and backward kernels; loss and gradients
@@ -248,11 +267,12 @@ def test_compiled_training_step_on_the_kernel_path_matches_the_eager_torch_path(
         return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     calls = []
-    for name in ("gram_matrix", "gate_backward"):
+    for name in ("gram_matrix", "gate_backward", "lorentz_full_backward"):
         original = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     kernel_loss, kernel_grads = loss_and_grads(compiled=True)
-    assert "gram_matrix" in calls and ("gate_backward" in calls) == (variant != "lorentz-full")
+    backward = "lorentz_full_backward" if variant == "lorentz-full" else "gate_backward"
+    assert set(calls) == {"gram_matrix", backward}
     # torch.use_deterministic_algorithms(True): no atomic adds, the torch operations (same results)
     calls.clear()
     torch.use_deterministic_algorithms(True)

@@ -384,6 +384,20 @@ def _gated_backward_terms_fake(q, a_raw, coef, gram_a, B):
     return torch.empty_like(q), q.new_empty((q.shape[0],)), torch.empty_like(B), q.new_empty((2,))
 
 
+def _lorentz_full_backward_terms_op(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
+    if _atomic_sums(q.device, B.dtype, q.shape[1], "lorentz-full"):
+        return kernels.lorentz_full_backward(q.contiguous(), a_raw, point, gram_point, scalars, coefficients, a_time,
+                                             B.contiguous())
+    p_a, w, bm, sums = _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficients, a_time, B)
+    return p_a, w.contiguous(), bm, sums
+
+
+def _lorentz_full_backward_terms_fake(q, a_raw, *_rest):
+    B = _rest[-1]
+    rows, rank = a_raw.shape
+    return torch.empty_like(a_raw), q.new_empty((rows,)), torch.empty_like(B), q.new_empty((rank + 2,))
+
+
 def _lorentz_full_terms_op(a_raw, a_time, norm_x, B, rho_k, rho_s, k0, s0, scaling, theta_max):
     gram = _gram(B, a_raw.shape[1] + 1, "lorentz-full")
     Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
@@ -398,8 +412,8 @@ def _lorentz_full_terms_fake(a_raw, *_):
 
 
 def _register_opaque_operations() -> bool:
-    """``torch.ops.hyplora.gated_terms``, ``.gated_backward_terms`` and ``.lorentz_full_terms``; False before
-    torch 2.4."""
+    """``torch.ops.hyplora.gated_terms``, ``.gated_backward_terms``, ``.lorentz_full_terms`` and
+    ``.lorentz_full_backward_terms``; False before torch 2.4."""
     custom_op = getattr(torch.library, "custom_op", None)
     if custom_op is None:
         return False
@@ -409,6 +423,9 @@ def _register_opaque_operations() -> bool:
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor)"),
         ("gated_backward_terms", _gated_backward_terms_op, _gated_backward_terms_fake,
          "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram_a, Tensor B) -> (Tensor, Tensor, Tensor, Tensor)"),
+        ("lorentz_full_backward_terms", _lorentz_full_backward_terms_op, _lorentz_full_backward_terms_fake,
+         "(Tensor q, Tensor a_raw, Tensor point, Tensor gram_point, Tensor scalars, Tensor coefficients, "
+         "Tensor a_time, Tensor B) -> (Tensor, Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
          "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor B, Tensor rho_k, Tensor rho_s, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
@@ -425,7 +442,8 @@ _OPAQUE_UNDER_COMPILE = _register_opaque_operations()
 
 class _LorentzFullLowRank(torch.autograd.Function):
     """The "lorentz-full" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)``; one autograd node whose
-    backward is a few rank-sized torch operations on terms the forward computed (`_lorentz_full_terms`)."""
+    backward is a few rank-sized torch operations on terms the forward computed (`_lorentz_full_terms`); under
+    torch.compile one opaque operation (on a GPU two Triton launches, `kernels.lorentz_full_backward`)."""
 
     @staticmethod
     def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, scaling: float, theta_max: float):
@@ -445,27 +463,39 @@ class _LorentzFullLowRank(torch.autograd.Function):
         x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
         grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
         q = grad_out @ B
-        qP = torch.linalg.vecdot(q, point)
-        beta = qP.unsqueeze(-1) * scalars[:, 1:2]
-        dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
-        rho = dL_dP[:, :1]
-        dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
-        v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ A[:, 0], rho.squeeze(-1), qP], dim=-1)
-        terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
+        rank_terms = (q, a_raw, point, gram_point, scalars, coefficients, A[:, 0].contiguous(), B)
+        if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
+            p_a, w, bm, sums = torch.ops.hyplora.lorentz_full_backward_terms(*rank_terms)
+        else:  # eager: see _GatedLowRank.backward
+            p_a, w, bm, sums = _lorentz_full_backward_torch(*rank_terms)
+        grad_time, rho_pair = sums[:-2], sums[-2:]
         grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            p_a = dL_dh * scalars[:, 2:3]
         if ctx.needs_input_grad[1]:
-            grad_A = torch.cat([dL_dh.t() @ scalars[:, 3:4], p_a.t() @ x_cast], dim=1)
+            grad_A = torch.cat([grad_time.unsqueeze(-1), p_a.t() @ x_cast], dim=1)
         if ctx.needs_input_grad[0]:
-            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, terms[:, :1])  # in place: one x-sized temporary fewer
+            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, w.unsqueeze(-1))  # in place: one x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).reshape(shape)
         if ctx.needs_input_grad[2]:
-            grad_B = torch.addmm(B @ ((point * beta).t() @ point), grad_out.t(), Z)
+            grad_B = torch.addmm(bm, grad_out.t(), Z)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(terms[:, 1:].sum(dim=0), rho_k)
+            grad_rho_k, grad_rho_s = _split_rho_grads(rho_pair, rho_k)
         return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None
+
+
+def _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
+    """``(dL/d a_raw, w, B M, [dL/dA[:, 0], rho])`` of `_LorentzFullLowRank.backward` (see there), in torch; the
+    last is one vector (r + 2)."""
+    qP = torch.linalg.vecdot(q, point)
+    beta = qP.unsqueeze(-1) * scalars[:, 1:2]
+    dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
+    rho = dL_dP[:, :1]
+    dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
+    v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ a_time, rho.squeeze(-1), qP], dim=-1)
+    terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
+    bm = B @ ((point * beta).t() @ point)
+    sums = torch.cat([dL_dh.t() @ scalars[:, 3], terms[:, 1:].sum(dim=0)])
+    return dL_dh * scalars[:, 2:3], terms[:, 0], bm, sums
 
 
 def _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float) -> Tensor:

@@ -11,9 +11,10 @@ from Python costs about 0.1 ms of host time (measured on an H200 host, benchmark
 microseconds for a torch operation, and an eager training step at LoRA's sizes is bound by host time. Under
 torch.compile with CUDA graphs launches cost no host time, only GPU time, and there the opaque operations of
 `functional` run kernels for what would otherwise be small cuBLAS GEMMs with split-K reductions: the Gram
-matrix ``B^T B`` (`gram_matrix`, one launch) and the backward's rank-sized work (`gate_backward`, two launches).
-Their sums over rows are float32 atomic adds, so their last bits can change from run to run;
-``torch.use_deterministic_algorithms(True)`` makes `functional` use torch operations instead.
+matrix ``B^T B`` (`gram_matrix`, one launch) and the backward's rank-sized work (`gate_backward` and
+`lorentz_full_backward`, two launches each). Their sums over rows are float32 atomic adds, so their last bits can
+change from run to run; ``torch.use_deterministic_algorithms(True)`` makes `functional` use torch operations
+instead.
 
 Without autograd (a prefill, eager decoding) there is no backward to feed, and the cheapest order is LoRA's:
 ``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
@@ -76,11 +77,55 @@ def supports(device: torch.device, dtype: torch.dtype, points: int, variant: str
     return device.type == "cuda" or (device.type == "cpu" and INTERPRET and mode == "interpret")
 
 
+# Block sizes and warps per padded rank. Wider tiles spill registers to local memory, which can make a kernel
+# many times slower; benchmarks/kernel_registers.py compiles every launch for sm_90 and reports registers and
+# spills. Up to rank 32 the per-token kernels keep 64-token blocks (measured on an H200, benchmarks/RESULTS.md);
+# above it 16-token blocks and more warps keep them free of spills up to rank 64.
 @functools.lru_cache(maxsize=None)
-def _rank_blocks(rank: int) -> tuple[int, int]:
+def _rank_blocks(rank: int) -> tuple[int, int, int]:
+    """``(tokens per block, padded rank, warps)`` of the per-token kernels."""
     block_r = max(16, triton.next_power_of_2(rank))
-    block_t = {16: 64, 32: 64, 64: 32}.get(block_r, 16)
-    return block_t, block_r
+    return {16: (64, 16, 4), 32: (64, 32, 4), 64: (16, 64, 8)}.get(block_r, (16, block_r, 16))
+
+
+def _full_backward_config(rank: int) -> tuple[dict, int]:
+    """Blocks and warps of `_lorentz_full_backward_kernel` (tiles of the rank space coordinates): 16 tokens per
+    block; with 64 tokens it spilled at rank 32."""
+    block_r = max(16, triton.next_power_of_2(rank))
+    return {"BLOCK_T": 16, "BLOCK_R": block_r}, (4 if block_r <= 32 else 8)
+
+
+def _gram_blocks(rank: int) -> tuple[dict, int]:
+    block_r = max(16, triton.next_power_of_2(rank))
+    return {"BLOCK_N": {16: 64, 32: 64, 64: 32}.get(block_r, 16), "BLOCK_R": block_r}, (4 if block_r <= 64 else 8)
+
+
+def _times_small_blocks(points: int) -> tuple[dict, int]:
+    block_r = max(16, triton.next_power_of_2(points))
+    return {"BLOCK_D": 128 if block_r <= 32 else 32, "BLOCK_R": block_r}, (4 if block_r <= 64 else 8)
+
+
+def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
+    """``(kernel name, compile-time constants, warps)`` of every kernel launch for adapters of this rank, as the
+    functions below make them (for benchmarks/kernel_registers.py, which compiles each for a given GPU)."""
+    block_t, block_r, warps = _rank_blocks(rank)
+    full_t, full_r, full_warps = _rank_blocks(rank + 1)
+    configs = [("_gram_kernel", *_gram_blocks(rank)), ("_gram_kernel", *_gram_blocks(rank + 1))]
+    for variant in (0, 1):
+        for with_coef in (True, False):
+            configs.append(("_gate_forward_kernel", {"VARIANT": variant, "WITH_COEF": with_coef, "BLOCK_T": block_t,
+                                                     "BLOCK_R": block_r}, warps))
+        configs.append(("_add_gated_kernel", {"VARIANT": variant, "BLOCK": 1024}, 4))
+    for with_coef in (True, False):
+        configs.append(("_lorentz_full_forward_kernel", {"WITH_COEF": with_coef, "BLOCK_T": full_t, "BLOCK_R": full_r},
+                        full_warps))
+    configs += [
+        ("_gate_backward_kernel", {"BLOCK_T": block_t, "BLOCK_R": block_r}, warps),
+        ("_lorentz_full_backward_kernel", *_full_backward_config(rank)),
+        ("_matmul_small_kernel", *_times_small_blocks(rank)),
+        ("_matmul_small_kernel", *_times_small_blocks(rank + 1)),
+    ]
+    return configs
 
 
 if triton is not None:
@@ -227,6 +272,85 @@ if triton is not None:
                       sem="relaxed")
         tl.atomic_add(rho_ptr, tl.sum(acc_k, axis=0), sem="relaxed")
         tl.atomic_add(rho_ptr + 1, tl.sum(acc_s, axis=0), sem="relaxed")
+
+    @triton.jit(do_not_specialize=["T"])
+    def _lorentz_full_backward_kernel(
+        q_ptr, a_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, at_ptr, pa_ptr, w_ptr, m_ptr, v_ptr, T, R, ROWS,
+        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """The rank-sized part of `functional._LorentzFullLowRank.backward` for one slab of ``ROWS`` tokens: per
+        token ``dL/d a_raw`` and ``w``; atomically, this slab's terms of ``M = sum_t beta P P^T`` ((R + 1)^2
+        numbers, at ``m_ptr``) and of ``[dL/dA[:, 0], the two log-ratio gradients]`` (R + 2, at ``v_ptr``).
+
+        Tiles hold the R space coordinates only; the time coordinate (column 0 of the (R + 1)-points) is a
+        per-token vector. A tile padded to R + 1 columns would be twice as wide for R = 32, and that version
+        spilled kilobytes of registers per thread (benchmarks/kernel_registers.py)."""
+        part = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_R)
+        col_mask = cols < R
+        R1 = R + 1
+        a_time = tl.load(at_ptr + cols, mask=col_mask, other=0.0)
+        acc_hh = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
+        acc_th = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc_tt = tl.zeros([BLOCK_T], dtype=tl.float32)
+        acc_time = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc_k = tl.zeros([BLOCK_T], dtype=tl.float32)
+        acc_s = tl.zeros([BLOCK_T], dtype=tl.float32)
+        first = part * ROWS
+        last = tl.minimum(first + ROWS, T)
+        for start in range(first, last, BLOCK_T):
+            rows = start + tl.arange(0, BLOCK_T)
+            row_mask = rows < last
+            mask = row_mask[:, None] & col_mask[None, :]
+            point_rows = rows.to(tl.int64) * R1
+            space = point_rows[:, None] + 1 + cols[None, :]
+            q_t = tl.load(q_ptr + point_rows, mask=row_mask, other=0.0)
+            t = tl.load(p_ptr + point_rows, mask=row_mask, other=1.0)
+            gp_t = tl.load(gp_ptr + point_rows, mask=row_mask, other=0.0)
+            q_h = tl.load(q_ptr + space, mask=mask, other=0.0)
+            h = tl.load(p_ptr + space, mask=mask, other=0.0)
+            gp_h = tl.load(gp_ptr + space, mask=mask, other=0.0)
+            tile = rows[:, None].to(tl.int64) * R + cols[None, :]
+            a_raw = tl.load(a_ptr + tile, mask=mask, other=0.0)
+            scal = scal_ptr + rows.to(tl.int64) * 4
+            cg2 = tl.load(scal, mask=row_mask, other=0.0)
+            kappa = tl.load(scal + 1, mask=row_mask, other=0.0)
+            g1_s = tl.load(scal + 2, mask=row_mask, other=0.0)
+            kcosh = tl.load(scal + 3, mask=row_mask, other=0.0)
+            qP = q_t * t + tl.sum(q_h * h, axis=1)
+            beta = qP * kappa
+            rho = cg2 * q_t + beta * gp_t
+            dL_dh = cg2[:, None] * q_h + beta[:, None] * gp_h + (rho / t)[:, None] * h
+            sigma = tl.sum(dL_dh * a_raw, axis=1)
+            tau = tl.sum(dL_dh * a_time[None, :], axis=1)
+            base = c_ptr + rows.to(tl.int64) * 12  # (4 x 3) per token, rows (sigma, tau, rho, <q, P>)
+            w = (sigma * tl.load(base + 0, mask=row_mask, other=0.0) + tau * tl.load(base + 3, mask=row_mask, other=0.0)
+                 + rho * tl.load(base + 6, mask=row_mask, other=0.0) + qP * tl.load(base + 9, mask=row_mask, other=0.0))
+            acc_k += (sigma * tl.load(base + 1, mask=row_mask, other=0.0)
+                      + tau * tl.load(base + 4, mask=row_mask, other=0.0)
+                      + rho * tl.load(base + 7, mask=row_mask, other=0.0)
+                      + qP * tl.load(base + 10, mask=row_mask, other=0.0))
+            acc_s += (sigma * tl.load(base + 2, mask=row_mask, other=0.0)
+                      + tau * tl.load(base + 5, mask=row_mask, other=0.0)
+                      + rho * tl.load(base + 8, mask=row_mask, other=0.0)
+                      + qP * tl.load(base + 11, mask=row_mask, other=0.0))
+            tl.store(w_ptr + rows, w, mask=row_mask)
+            tl.store(pa_ptr + tile, dL_dh * g1_s[:, None], mask=mask)
+            acc_time += tl.sum(dL_dh * kcosh[:, None], axis=0)
+            beta = tl.where(row_mask, beta, 0.0)
+            bt = beta * t
+            acc_tt += bt * t
+            acc_th += tl.sum(bt[:, None] * h, axis=0)
+            acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="ieee")
+        # M = [[sum beta t^2, sum beta t h^T], [sum beta t h, sum beta h h^T]] as an (R + 1) x (R + 1) matrix
+        tl.atomic_add(m_ptr, tl.sum(acc_tt, axis=0), sem="relaxed")
+        tl.atomic_add(m_ptr + 1 + cols, acc_th, mask=col_mask, sem="relaxed")
+        tl.atomic_add(m_ptr + (1 + cols) * R1, acc_th, mask=col_mask, sem="relaxed")
+        tl.atomic_add(m_ptr + (1 + cols[:, None]) * R1 + 1 + cols[None, :], acc_hh,
+                      mask=col_mask[:, None] & col_mask[None, :], sem="relaxed")
+        tl.atomic_add(v_ptr + cols, acc_time, mask=col_mask, sem="relaxed")
+        tl.atomic_add(v_ptr + R, tl.sum(acc_k, axis=0), sem="relaxed")
+        tl.atomic_add(v_ptr + R + 1, tl.sum(acc_s, axis=0), sem="relaxed")
 
     @triton.jit(do_not_specialize=["D"])
     def _matmul_small_kernel(b_ptr, m_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
@@ -384,6 +508,9 @@ def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     return theta_max, math.sinh(theta_max)
 
 
+_ALIGN = 4  # float32s per 16 bytes: inductor asserts that an operation's outputs are 16-byte aligned
+
+
 def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
     """``(slabs, rows per slab)``: at most ``most`` slabs of whole blocks covering ``rows`` rows (one if none)."""
     per_slab = triton.cdiv(triton.cdiv(max(rows, 1), most), block) * block
@@ -395,11 +522,10 @@ def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     most 128 of them (about one per SM), each adding its product atomically (no split-K reduction kernel; the
     order of the float32 additions, hence the last bits, may differ from run to run)."""
     n, rank = weight.shape
-    block_r = max(16, triton.next_power_of_2(rank))
-    block_n = {16: 64, 32: 64, 64: 32}.get(block_r, 16)
-    slabs, per_slab = _slabs(n, max(128, block_n), 128)
+    blocks, warps = _gram_blocks(rank)
+    slabs, per_slab = _slabs(n, max(128, blocks["BLOCK_N"]), 128)
     out = torch.zeros((rank, rank), dtype=torch.float32, device=weight.device)
-    _gram_kernel[(slabs,)](weight, out, n, rank, per_slab, BLOCK_N=block_n, BLOCK_R=block_r)
+    _gram_kernel[(slabs,)](weight, out, n, rank, per_slab, num_warps=warps, **blocks)
     return out
 
 
@@ -409,23 +535,45 @@ def gate_backward(q, a_raw, coef, gram_a, B):
     dL/dB and ``rho`` the two log-ratio gradients (2,). The sums over tokens are atomic float32 adds (their last
     bits may differ from run to run)."""
     rows, rank = q.shape
-    block_t, block_r = _rank_blocks(rank)
+    block_t, block_r, warps = _rank_blocks(rank)
     slabs, per_slab = _slabs(rows, block_t, 32)
     device = q.device
     p = torch.empty_like(q)
     w = torch.empty((rows,), dtype=torch.float32, device=device)
-    # the two rho sums, then M: the returned sums start at the buffer's start (inductor asserts that an operation's
-    # outputs are 16-byte aligned)
-    sums = torch.zeros((4 + rank * rank,), dtype=torch.float32, device=device)
-    m = sums[4:]
+    # the two rho sums, then M: returned tensors start at the buffer's start (inductor requires 16-byte alignment)
+    sums = torch.zeros((_ALIGN + rank * rank,), dtype=torch.float32, device=device)
+    m = sums[_ALIGN:]
     _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, m, sums, rows, rank, per_slab, BLOCK_T=block_t,
-                                    BLOCK_R=block_r)
+                                    BLOCK_R=block_r, num_warps=warps)
+    return p, w, _times_small(B, m, rank), sums[:2]
+
+
+def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
+    """`functional._lorentz_full_backward_torch` in two launches: ``(dL/d a_raw, w, B M, [dL/dA[:, 0], rho])``, the
+    sums over tokens by atomic float32 adds (as in `gate_backward`)."""
+    rows, rank = a_raw.shape
+    blocks, warps = _full_backward_config(rank)  # tiles of the space coordinates (see the kernel)
+    slabs, per_slab = _slabs(rows, blocks["BLOCK_T"], 32)
+    device = q.device
+    p_a = torch.empty_like(a_raw)
+    w = torch.empty((rows,), dtype=torch.float32, device=device)
+    points = rank + 1
+    vector = triton.cdiv(rank + 2, _ALIGN) * _ALIGN  # dL/dA[:, 0] and rho, padded; then M (aligned, see above)
+    sums = torch.zeros((vector + points * points,), dtype=torch.float32, device=device)
+    m = sums[vector:]
+    _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m,
+                                            sums, rows, rank, per_slab, num_warps=warps, **blocks)
+    return p_a, w, _times_small(B, m, points), sums[:rank + 2]
+
+
+def _times_small(B, m, rank):
+    """``B M`` for B (d x rank) and the (rank x rank) matrix M at the start of ``m``."""
     d_out = B.shape[0]
-    bm = torch.empty_like(B)
-    block_d = 128 if block_r <= 32 else 32
-    _matmul_small_kernel[(max(1, triton.cdiv(d_out, block_d)),)](B, m, bm, d_out, rank, BLOCK_D=block_d,
-                                                                  BLOCK_R=block_r)
-    return p, w, bm, sums[:2]
+    out = torch.empty_like(B)
+    blocks, warps = _times_small_blocks(rank)
+    _matmul_small_kernel[(max(1, triton.cdiv(d_out, blocks["BLOCK_D"])),)](B, m, out, d_out, rank, num_warps=warps,
+                                                                            **blocks)
+    return out
 
 
 def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients):
@@ -435,13 +583,13 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
     z = torch.empty_like(a_raw)
     coef = torch.empty((rows, 5), dtype=torch.float32, device=a_raw.device) if with_coefficients else z
     gram_a = torch.empty_like(a_raw) if with_coefficients else z
-    block_t, block_r = _rank_blocks(rank)
+    block_t, block_r, warps = _rank_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
         _gate_forward_kernel[(triton.cdiv(rows, block_t),)](
             a_raw, norm_x, gram, rho_k, rho_s, z, coef, gram_a, rows, rank, float(k0), float(s0), float(scaling),
             theta, sinh_theta, VARIANT=VARIANT_IDS[variant], WITH_COEF=with_coefficients, BLOCK_T=block_t,
-            BLOCK_R=block_r,
+            BLOCK_R=block_r, num_warps=warps,
         )
     return (z, coef, gram_a) if with_coefficients else (z, None, None)
 
@@ -458,12 +606,12 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scal
         coefficients = torch.empty((rows, 4, 3), dtype=torch.float32, device=device)
     else:
         point = gram_point = scalars = coefficients = z
-    block_t, block_r = _rank_blocks(rank + 1)
+    block_t, block_r, warps = _rank_blocks(rank + 1)
     if rows:
         _lorentz_full_forward_kernel[(triton.cdiv(rows, block_t),)](
             a_raw, a_time, norm_x, gram, rho_k, rho_s, z, point, gram_point, scalars, coefficients, rows, rank,
             float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max),
-            WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r,
+            WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r, num_warps=warps,
         )
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
 
