@@ -25,6 +25,10 @@ METHOD_LABELS = {
     "hyplora-lorentz-full": "hyplora lorentz-full",
     "hyplora-stereographic": "hyplora stereographic",
     "hyplora-reference": 'compat="reference" (paper\'s code path)',
+    # not in METHODS: K and s fixed (learn_curvature=False, learn_feature_scale=False), no per-layer scalar
+    # parameters, to measure what those cost
+    "hyplora-lorentz-fixed": "hyplora lorentz, K and s fixed",
+    "hyplora-stereographic-fixed": "hyplora stereographic, K and s fixed",
 }
 
 # Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; smollm2: SmolLM2-135M
@@ -89,10 +93,15 @@ def adapter_config(method: str, rank: int):
 
     if method == "lora":
         return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
+    if method not in METHOD_LABELS or method == "base":
+        raise SystemExit(f"unknown method {method!r}; choose from {[m for m in METHOD_LABELS if m != 'base']}")
     variant = method.removeprefix("hyplora-")
     if variant == "reference":
         return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
-    return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", variant=variant)
+    fixed = variant.endswith("-fixed")
+    return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM",
+                         variant=variant.removesuffix("-fixed"), learn_curvature=not fixed,
+                         learn_feature_scale=not fixed)
 
 
 def write_json_atomic(path: str, payload) -> None:

@@ -66,7 +66,8 @@ def check(variant: str, device: torch.device, compiled: bool = False) -> dict[st
         out = torch.zeros(tokens, d_out, device=device)
         x_bf16, A_dev, B_dev, K_dev, s_dev = x.to(device), *on_device[1:]
         if not compiled and variant in ("lorentz", "stereographic") and Fn.adds_in_place(out, variant, x_bf16, A_dev):
-            Fn.add_gated_branch_(out, variant, x_bf16, A_dev, B_dev, K_dev.log(), s_dev.log(), 1.0, 1.0, 4.0, 12.0)
+            log_ratios = torch.cat([K_dev.reshape(1).log(), s_dev.reshape(1).log()])
+            Fn.add_gated_branch_(out, variant, x_bf16, A_dev, B_dev, log_ratios, 1.0, 1.0, 4.0, 12.0)
             errors["in-place no-grad"] = relative_error(out, cpu[0])
     return errors
 
@@ -79,14 +80,14 @@ def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch
     full = variant == "lorentz-full"
     A = (torch.randn(r, d_in + full, generator=gen) / d_in**0.5).to(device)
     B = (torch.randn(d_out, r + full, generator=gen) / r**0.5).to(device)
-    rho_k, rho_s = torch.tensor([0.2], device=device), torch.tensor([-0.1], device=device)
+    log_ratios = torch.tensor([0.2, -0.1], device=device)  # (rho_k, rho_s)
     upstream = torch.randn(tokens, d_out, generator=gen).to(device)
 
     def run():
-        leaves = [t.clone().requires_grad_(True) for t in (x, A, B, rho_k, rho_s)]
+        leaves = [t.clone().requires_grad_(True) for t in (x, A, B, log_ratios)]
         out = Fn.gated_branch(variant, *leaves, 1.3, d_in**0.5, 4.0, 12.0)
         (out * upstream).sum().backward()
-        return [out.detach()] + [leaf.grad for leaf in leaves]
+        return [out.detach()] + [leaf.grad for leaf in leaves[:3]] + [leaves[3].grad[0:1], leaves[3].grad[1:2]]
 
     assert kernels.usable(x, A, variant), "the Triton path is not in use"
     fused = run()

@@ -93,10 +93,10 @@ def main() -> None:
         a_raw = torch.randn(4, 32, device=device)
         norm_x = a_raw.norm(dim=-1)
         gram = torch.eye(32, device=device)
-        zero = torch.zeros(1, device=device)
+        zero = torch.zeros(2, device=device)
 
         def launch():
-            kernels.gate_forward(a_raw, norm_x, gram, zero, zero, 1.0, 1.0, "lorentz", 1.0, 12.0, True)
+            kernels.gate_forward(a_raw, norm_x, gram, zero, 1.0, 1.0, "lorentz", 1.0, 12.0, True)
 
         record("Triton launch from the main thread (gate_forward)", 4, per_call_us(launch, device, args.calls,
                                                                                     args.repeats))

@@ -262,7 +262,8 @@ def reload_check(adapter_dir: Path, base_model, batch, reference_dir: Path | Non
     with torch.no_grad():
         loss = float(model(**batch).loss)
     result = {"tensors_equal_file": tensors_equal, "tensors": len(saved),
-              "hyplora_scalars": sum("lora_curvature" in k or "lora_feature_scale" in k for k in saved),
+              "hyplora_scalars": sum(any(kind in k for kind in ("lora_log_scales", "lora_curvature",
+                                                                  "lora_feature_scale")) for k in saved),
               "eval_loss": loss}
     if reference_dir is not None:
         def config(d):

@@ -32,9 +32,30 @@ def test_whole_model_compiles_without_graph_breaks(variant):
     compiled_loss, compiled_grads = loss_and_grads(torch.compile(model, backend="aot_eager", fullgraph=True))
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=1e-6)
     assert compiled_grads.keys() == eager_grads.keys()
-    assert any("lora_curvature" in n for n in compiled_grads) and any("lora_feature_scale" in n for n in compiled_grads)
+    assert any("lora_log_scales" in n for n in compiled_grads)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("compat", [None, "reference"])
+def test_fixed_curvature_and_scale_compile_without_keeping_graph_tensors(compat):
+    """With K and s fixed, the layer's 1-element constants are made inside the compiled graph, not cached: with
+    CUDA graphs ("reduce-overhead") a cached tensor from the graph would be overwritten by the next replay (seen
+    on an H200 as "accessing tensor output of CUDAGraphs that has been overwritten")."""
+    from hyplora.adapter.layer import HypLoraLinear
+
+    torch._dynamo.reset()
+    model = peft.get_peft_model(make_tiny_llama(), HypLoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], compat=compat,
+        learn_curvature=False, learn_feature_scale=False, init_lora_weights=False))
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
+    compiled_loss = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=ids, labels=ids).loss
+    compiled_loss.backward()
+    layers = [m for m in model.modules() if isinstance(m, HypLoraLinear)]
+    assert layers and not any(layer._caches.get("hyplora_constants") for layer in layers)
+    torch.testing.assert_close(compiled_loss.detach(), model(input_ids=ids, labels=ids).loss.detach(),
+                               rtol=1e-6, atol=1e-6)
+    assert all(layer._caches.get("hyplora_constants") for layer in layers)  # eager calls do cache them
 
 
 @pytest.mark.parametrize("variant", ["lorentz", "stereographic", "lorentz-full"])
@@ -100,20 +121,21 @@ def test_opaque_operations_pass_torch_library_opcheck():
     rows, d_in, d_out, rank = 9, 12, 10, 4
     x, A, B = (torch.randn(rows, d_in, generator=g), torch.randn(rank, d_in, generator=g),
                torch.randn(d_out, rank, generator=g))
-    rho_k, rho_s = torch.tensor([0.2]), torch.tensor([-0.1])
+    log_ratios = torch.tensor([0.2, -0.1])
     a_raw, norm_x = x @ A.t(), torch.linalg.vector_norm(x, dim=-1)
     a_time, B_full = torch.randn(rank, generator=g), torch.randn(d_out, rank + 1, generator=g)  # time first
     q, coef, gram_a = torch.randn(rows, rank, generator=g), torch.randn(rows, 5, generator=g), a_raw @ (B.t() @ B)
     cases = [
-        (torch.ops.hyplora.gated_terms.default, (a_raw, norm_x, B, rho_k, rho_s, 1.0, 2.0, "lorentz", 2.0, 12.0)),
-        (torch.ops.hyplora.gated_backward_terms.default, (q, a_raw, coef, gram_a, B)),
+        (torch.ops.hyplora.gated_terms.default, (a_raw, norm_x, B, log_ratios, 1.0, 2.0, "lorentz", 2.0, 12.0)),
+        (torch.ops.hyplora.gated_backward_terms.default, (q, a_raw, coef, gram_a, B, torch.randn_like(B))),
         (torch.ops.hyplora.lorentz_full_terms.default,
-         (a_raw, a_time, norm_x, B_full, rho_k, rho_s, 1.0, 2.0, 2.0, 12.0)),
+         (a_raw, a_time, norm_x, B_full, log_ratios, 1.0, 2.0, 2.0, 12.0)),
     ]
     point = torch.randn(rows, rank + 1, generator=g)
     point[:, 0] = point[:, 0].abs() + 1.0
     full_backward = (torch.randn(rows, rank + 1, generator=g), a_raw, point, torch.randn(rows, rank + 1, generator=g),
-                     torch.randn(rows, 4, generator=g), torch.randn(rows, 4, 3, generator=g), a_time, B_full)
+                     torch.randn(rows, 4, generator=g), torch.randn(rows, 4, 3, generator=g), a_time, B_full,
+                     torch.randn_like(B_full))
     cases.append((torch.ops.hyplora.lorentz_full_backward_terms.default, full_backward))
     for operation, args in cases:
         torch.library.opcheck(operation, args, test_utils=("test_schema", "test_faketensor"))

@@ -34,13 +34,12 @@ def _inputs(rows, d_in, d_out, rank, x_scale, dtype=torch.float32, seed=0, varia
     x = (torch.randn(rows, d_in, generator=g) * x_scale).to(dtype)
     A = torch.randn(rank, d_in + full, generator=g) / math.sqrt(d_in)
     B = torch.randn(d_out, rank + full, generator=g) * 0.3
-    rho_k = torch.tensor([0.3])
-    rho_s = torch.tensor([-0.2])
-    return tuple(t.to(DEVICE) for t in (x, A, B, rho_k, rho_s))
+    log_ratios = torch.tensor([0.3, -0.2])  # (rho_k, rho_s): K = k0 exp(rho_k), s = s0 exp(rho_s)
+    return tuple(t.to(DEVICE) for t in (x, A, B, log_ratios))
 
 
-def _run(variant, x, A, B, rho_k, rho_s, k0, s0, theta_max=12.0, scaling=2.0):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, A, B, rho_k, rho_s)]
+def _run(variant, x, A, B, log_ratios, k0, s0, theta_max=12.0, scaling=2.0):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, A, B, log_ratios)]
     out = Fn.gated_branch(variant, *leaves, k0, s0, scaling, theta_max)
     weights = torch.linspace(-1, 1, out.numel(), device=out.device).reshape(out.shape)
     (out.float() * weights).sum().backward()
@@ -81,33 +80,33 @@ def test_triton_path_matches_eager_path(interpreted, monkeypatch, variant, case)
     # The rho gradients are sums over tokens of terms of the output's size, and can cancel to ~0 (for clamped
     # radii the branch no longer depends on s): their scale is the output's L1 norm.
     floor = float(eager_out.abs().sum())
-    for name, got, want in zip(["x", "A", "B", "rho_k", "rho_s"], fused_grads, eager_grads):
-        _close(got, want, 5e-5, f"grad {name}", floor=floor if name.startswith("rho") else 1e-12)
+    for name, got, want in zip(["x", "A", "B", "log_ratios"], fused_grads, eager_grads):
+        _close(got, want, 5e-5, f"grad {name}", floor=floor if name == "log_ratios" else 1e-12)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_triton_path_matches_float64_literal_reference(interpreted, variant):
-    x, A, B, rho_k, rho_s = _inputs(40, 32, 24, 8, 1.0, variant=variant)
+    x, A, B, log_ratios = _inputs(40, 32, 24, 8, 1.0, variant=variant)
     x = x * torch.logspace(-3, 1, 40, device=DEVICE)[:, None]  # radii from the series regime to past the caps
     k0, s0, scaling, theta_max = 1.3, 3.0, 2.0, 6.0
-    fused_out, fused_grads = _run(variant, x, A, B, rho_k, rho_s, k0, s0, theta_max, scaling)
-    leaves = [t.double().requires_grad_(True) for t in (x, A, B, rho_k, rho_s)]
-    K, s = k0 * torch.exp(leaves[3]), s0 * torch.exp(leaves[4])
+    fused_out, fused_grads = _run(variant, x, A, B, log_ratios, k0, s0, theta_max, scaling)
+    leaves = [t.double().requires_grad_(True) for t in (x, A, B, log_ratios)]
+    K, s = k0 * torch.exp(leaves[3][0:1]), s0 * torch.exp(leaves[3][1:2])
     literal = Fn.LITERAL_BRANCHES[variant](leaves[0], leaves[1], leaves[2], K, s, scaling, theta_max)
     weights = torch.linspace(-1, 1, literal.numel(), dtype=torch.float64, device=DEVICE).reshape(literal.shape)
     (literal * weights).sum().backward()
     _close(fused_out, literal.detach(), 1e-5, "output")
     floor = float(literal.detach().abs().sum())
-    for name, got, leaf in zip(["x", "A", "B", "rho_k", "rho_s"], fused_grads, leaves):
-        _close(got, leaf.grad, 1e-4, f"grad {name}", floor=floor if name.startswith("rho") else 1e-12)
+    for name, got, leaf in zip(["x", "A", "B", "log_ratios"], fused_grads, leaves):
+        _close(got, leaf.grad, 1e-4, f"grad {name}", floor=floor if name == "log_ratios" else 1e-12)
 
 
 def test_bfloat16_input_gets_bfloat16_gradient_and_float32_math(interpreted, monkeypatch):
-    x, A, B, rho_k, rho_s = _inputs(20, 32, 16, 8, 2.0, dtype=torch.bfloat16)
-    fused_out, fused_grads = _run("lorentz", x, A, B, rho_k, rho_s, 1.0, 4.0)
+    x, A, B, log_ratios = _inputs(20, 32, 16, 8, 2.0, dtype=torch.bfloat16)
+    fused_out, fused_grads = _run("lorentz", x, A, B, log_ratios, 1.0, 4.0)
     assert fused_out.dtype == torch.float32 and fused_grads[0].dtype == torch.bfloat16
     monkeypatch.setenv("HYPLORA_TRITON", "0")
-    eager_out, eager_grads = _run("lorentz", x, A, B, rho_k, rho_s, 1.0, 4.0)
+    eager_out, eager_grads = _run("lorentz", x, A, B, log_ratios, 1.0, 4.0)
     _close(fused_out, eager_out, 2e-5, "output")
     _close(fused_grads[0].float(), eager_grads[0].float(), 1e-2, "grad x (bfloat16)")
     for got, want in zip(fused_grads[1:], eager_grads[1:]):
@@ -115,17 +114,17 @@ def test_bfloat16_input_gets_bfloat16_gradient_and_float32_math(interpreted, mon
 
 
 def test_zero_rows_and_zero_inputs_stay_finite(interpreted):
-    x, A, B, rho_k, rho_s = _inputs(6, 16, 8, 4, 1.0)
+    x, A, B, log_ratios = _inputs(6, 16, 8, 4, 1.0)
     x[2] = 0.0
-    out, grads = _run("lorentz", x, A, B, rho_k, rho_s, 1.0, 4.0)
+    out, grads = _run("lorentz", x, A, B, log_ratios, 1.0, 4.0)
     assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
     assert torch.equal(out[2], torch.zeros_like(out[2]))
-    empty_out, empty_grads = _run("stereographic", x[:0], A, B, rho_k, rho_s, 1.0, 4.0)
+    empty_out, empty_grads = _run("stereographic", x[:0], A, B, log_ratios, 1.0, 4.0)
     assert empty_out.shape == (0, 8) and torch.equal(empty_grads[1], torch.zeros_like(A))
 
 
 def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
-    x, A, _, _, _ = _inputs(4, 16, 8, 4, 1.0)
+    x, A, _, _ = _inputs(4, 16, 8, 4, 1.0)
     assert kernels.usable(x, A, "lorentz")
     assert kernels.usable(x, A, "lorentz-full")
     assert not kernels.usable(x, A, "lorentz-fuller")
@@ -141,15 +140,15 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
 @pytest.mark.parametrize("shape", [(40, 32, 24, 8), (3, 2500, 1100, 5)])  # rows, d_in, d_out, rank (> one block)
 def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, variant, out_dtype, shape):
     rows, d_in, d_out, rank = shape
-    x, A, B, rho_k, rho_s = _inputs(rows, d_in, d_out, rank, 1.0, dtype=torch.bfloat16, variant=variant)
+    x, A, B, log_ratios = _inputs(rows, d_in, d_out, rank, 1.0, dtype=torch.bfloat16, variant=variant)
     x = (x.float() * torch.logspace(-3, 1, rows, device=DEVICE)[:, None]).to(torch.bfloat16)  # series to past caps
     k0, s0, scaling, theta_max = 1.3, math.sqrt(d_in) / 4, 2.0, 6.0
     base = torch.randn(rows, d_out, generator=torch.Generator().manual_seed(3)).to(DEVICE, out_dtype)
     out = base.clone()
     with torch.no_grad():
         assert Fn.adds_in_place(out, variant, x, A)
-        Fn.add_gated_branch_(out, variant, x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max)
-    K, s = k0 * torch.exp(rho_k.double()), s0 * torch.exp(rho_s.double())
+        Fn.add_gated_branch_(out, variant, x, A, B, log_ratios, k0, s0, scaling, theta_max)
+    K, s = k0 * torch.exp(log_ratios[0:1].double()), s0 * torch.exp(log_ratios[1:2].double())
     literal = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K, s, scaling, theta_max)
     if out_dtype == torch.float32:
         _close(out - base, literal, 1e-5, "in-place branch")
@@ -161,7 +160,7 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
 
 
 def test_in_place_branch_applies_only_without_autograd_and_outside_its_limits(interpreted):
-    x, A, B, rho_k, rho_s = _inputs(4, 16, 8, 4, 1.0)
+    x, A, B, _ = _inputs(4, 16, 8, 4, 1.0)
     out = torch.zeros(4, 8, device=DEVICE)
     assert not Fn.adds_in_place(out, "lorentz", x, A)  # autograd on
     with torch.no_grad():
@@ -214,9 +213,11 @@ def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
     g = torch.Generator().manual_seed(6)
     q, a_raw, gram_a = (torch.randn(rows, rank, generator=g) for _ in range(3))
     coef, B = torch.randn(rows, 5, generator=g), torch.randn(d_out, rank, generator=g)
-    got = kernels.gate_backward(*(t.to(DEVICE) for t in (q, a_raw, coef, gram_a, B)))
-    expected = Fn._gated_backward_torch(q.double(), a_raw.double(), coef.double(), gram_a.double(), B.double())
-    for name, value, want in zip(["P", "w", "B M", "rho"], got, expected):
+    base = torch.randn(d_out, rank, generator=g)
+    inputs = (q, a_raw, coef, gram_a, B, base)
+    got = kernels.gate_backward(*(t.to(DEVICE) for t in inputs))
+    expected = Fn._gated_backward_torch(*(t.double() for t in inputs))
+    for name, value, want in zip(["P", "w", "base + B M", "rho"], got, expected):
         assert value.shape == want.shape and value.dtype == torch.float32, name
         assert value.data_ptr() % 16 == 0, f"{name}: inductor asserts 16-byte aligned outputs"
         floor = float(want.abs().sum()) if name == "rho" else 1e-12  # sums over tokens that can cancel
@@ -231,11 +232,11 @@ def test_lorentz_full_backward_kernels_match_the_float64_torch_formulas(interpre
     point[:, 0] = point[:, 0].abs() + 1.0  # the time coordinate sqrt(K + |h|^2) is positive
     a_raw, scalars = torch.randn(rows, rank, generator=g), torch.randn(rows, 4, generator=g)
     coefficients, a_time = torch.randn(rows, 4, 3, generator=g), torch.randn(rank, generator=g)
-    B = torch.randn(d_out, rank + 1, generator=g)
-    inputs = (q, a_raw, point, gram_point, scalars, coefficients, a_time, B)
+    B, base = torch.randn(d_out, rank + 1, generator=g), torch.randn(d_out, rank + 1, generator=g)
+    inputs = (q, a_raw, point, gram_point, scalars, coefficients, a_time, B, base)
     got = kernels.lorentz_full_backward(*(t.to(DEVICE) for t in inputs))
     expected = Fn._lorentz_full_backward_torch(*(t.double() for t in inputs))
-    for name, value, want in zip(["dL/d a_raw", "w", "B M", "dL/dA[:, 0] and rho"], got, expected):
+    for name, value, want in zip(["dL/d a_raw", "w", "base + B M", "dL/dA[:, 0] and rho"], got, expected):
         assert value.shape == want.shape and value.dtype == torch.float32, name
         assert value.data_ptr() % 16 == 0, f"{name}: inductor asserts 16-byte aligned outputs"
         floor = float(want.abs().sum()) if name.startswith("dL/dA") else 1e-12  # sums over tokens that can cancel

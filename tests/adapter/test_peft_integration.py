@@ -61,8 +61,24 @@ def test_curvature_and_feature_scale_start_exactly_at_the_configured_values(tiny
     for layer in hyplora_layers(model):
         assert layer.curvature("default").item() == torch.tensor(0.37, dtype=torch.float32).item()
         assert layer.feature_scale("default").item() == pytest.approx(math.sqrt(layer.in_features), rel=1e-7)
-        assert layer.lora_curvature["default"].dtype == torch.float32
-        assert layer.lora_curvature["default"].numel() == 1
+        assert layer.lora_log_scales["default"].dtype == torch.float32  # (log K / K0, log s / s0)
+        assert layer.lora_log_scales["default"].tolist() == [0.0, 0.0]
+        assert not layer.lora_curvature and not layer.lora_feature_scale
+
+
+@pytest.mark.parametrize("learned", ["curvature", "feature_scale"])
+def test_one_learned_scalar_is_a_parameter_of_its_own(tiny_llama, learned):
+    model = peft.get_peft_model(tiny_llama, hyplora_config(learn_curvature=learned == "curvature",
+                                                           learn_feature_scale=learned == "feature_scale",
+                                                           curvature=2.0, feature_scale=3.0, init_lora_weights=False))
+    names = [name for name, p in model.named_parameters() if p.requires_grad and "lora_A" not in name
+             and "lora_B" not in name]
+    assert names and all(f".lora_{learned}." in n for n in names)
+    layer = hyplora_layers(model)[0]
+    assert layer.curvature("default").item() == 2.0 and layer.feature_scale("default").item() == 3.0
+    ids = batch()
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert getattr(layer, f"lora_{learned}")["default"].grad.abs().item() > 0
 
 
 def test_fixed_curvature_and_scale_are_not_parameters(tiny_llama):
@@ -84,7 +100,8 @@ def test_gradients_reach_every_adapter_parameter(tiny_llama, variant, compat):
     ids = batch()
     model(input_ids=ids, labels=ids).loss.backward()
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    kinds = {"lora_A", "lora_B", "lora_curvature", "lora_feature_scale"}
+    kinds = {"lora_A", "lora_B", "lora_curvature", "lora_feature_scale"} if compat else {"lora_A", "lora_B",
+                                                                                         "lora_log_scales"}
     if compat and variant == "stereographic":
         kinds.discard("lora_feature_scale")  # the released simplified variant has no feature scale
     for kind in kinds:
@@ -120,8 +137,7 @@ def test_save_and_load_round_trip_gives_identical_outputs(request, tmp_path, arc
     model = peft.get_peft_model(base, hyplora_config(variant=variant, init_lora_weights=False, curvature=0.8))
     with torch.no_grad():  # move the learned scalars away from their start values
         for layer in hyplora_layers(model):
-            layer.lora_curvature["default"].fill_(0.3)
-            layer.lora_feature_scale["default"].fill_(-0.2)
+            layer.lora_log_scales["default"].copy_(torch.tensor([0.3, -0.2]))
     model.eval()
     ids = batch(2)
     with torch.no_grad():
@@ -136,6 +152,33 @@ def test_save_and_load_round_trip_gives_identical_outputs(request, tmp_path, arc
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, expected, rtol=0, atol=0)
     assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_adapters_saved_with_two_scalar_tensors_still_load(tiny_llama, tmp_path):
+    """Adapters saved before `lora_log_scales` hold ``lora_curvature`` and ``lora_feature_scale`` (1 element each)."""
+    from safetensors.torch import load_file, save_file
+
+    pristine = copy.deepcopy(tiny_llama)
+    model = peft.get_peft_model(tiny_llama, hyplora_config(init_lora_weights=False)).eval()
+    with torch.no_grad():
+        for layer in hyplora_layers(model):
+            layer.lora_log_scales["default"].copy_(torch.tensor([0.3, -0.2]))
+        expected = model(input_ids=batch(3)).logits
+    model.save_pretrained(tmp_path)
+    path = tmp_path / "adapter_model.safetensors"
+    state = load_file(path)
+    merged = [key for key in state if key.endswith("lora_log_scales")]
+    assert merged
+    for key in merged:  # rewrite the file in the earlier layout
+        value = state.pop(key)
+        stem = key.removesuffix("lora_log_scales")
+        state[stem + "lora_curvature"], state[stem + "lora_feature_scale"] = value[0:1].clone(), value[1:2].clone()
+    save_file(state, path)
+    loaded = load_adapter(pristine, tmp_path)
+    assert all(layer.lora_log_scales["default"].tolist() == pytest.approx([0.3, -0.2])
+               for layer in hyplora_layers(loaded))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=batch(3)).logits, expected, rtol=0, atol=0)
 
 
 def test_stock_peft_refuses_to_load_hyplora_as_plain_lora(tiny_llama, tmp_path):
@@ -230,7 +273,7 @@ def test_bfloat16_base_with_float32_adapter_math(tiny_llama):
     model = peft.get_peft_model(base, hyplora_config(init_lora_weights=False))
     layer = hyplora_layers(model)[0]
     assert layer.lora_A["default"].weight.dtype == torch.float32  # peft's autocast_adapter_dtype
-    assert layer.lora_curvature["default"].dtype == torch.float32
+    assert layer.lora_log_scales["default"].dtype == torch.float32
     x = (torch.randn(3, layer.in_features) * 3).to(torch.bfloat16)
     out = layer(x)
     assert out.dtype == torch.bfloat16
@@ -244,7 +287,7 @@ def test_bfloat16_base_with_float32_adapter_math(tiny_llama):
         torch.testing.assert_close(layer(x), out.detach(), rtol=0, atol=0)
     ids = batch(5)
     model(input_ids=ids, labels=ids).loss.backward()
-    assert layer.lora_curvature["default"].grad.abs().item() > 0
+    assert (layer.lora_log_scales["default"].grad.abs() > 0).all()
 
 
 def test_linear_subclasses_such_as_quantized_linears_get_hyplora():

@@ -159,7 +159,7 @@ def _gate_coefficients(n, m, K, s, variant: str, scaling: float, theta_max: floa
     return cG_s, torch.cat([cG_s, k_m, k_n, k_K, k_s], dim=-1)
 
 
-def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float, with_coefficients):
+def _gated_forward(x, A, B, log_ratios, k0, s0, variant: str, scaling: float, theta_max: float, with_coefficients):
     """``(branch, Z, a_raw, coefficients, a_raw B^T B)`` with ``a_raw = x A^T`` and ``Z = c G a`` (rank-sized);
     the last two are None without coefficients."""
     shape = x.shape
@@ -168,25 +168,25 @@ def _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, 
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
     if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
         z, coef, gram_a = torch.ops.hyplora.gated_terms(
-            a_raw, norm_x, B, rho_k, rho_s, float(k0), float(s0), variant, float(scaling), float(theta_max))
+            a_raw, norm_x, B, log_ratios, float(k0), float(s0), variant, float(scaling), float(theta_max))
         if not with_coefficients:
             coef = gram_a = None
     else:  # eager: cuBLAS's Gram matrix costs less host time than a second Triton launch (see `kernels`)
-        z, coef, gram_a = _gated_terms(a_raw, norm_x, B.t() @ B, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+        z, coef, gram_a = _gated_terms(a_raw, norm_x, B.t() @ B, log_ratios, k0, s0, variant, scaling, theta_max,
                                        with_coefficients)
     out = z @ B.t()
     return out.reshape(*shape[:-1], B.shape[0]), z, a_raw, coef, gram_a
 
 
-def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float,
+def _gated_terms(a_raw, norm_x, gram, log_ratios, k0, s0, variant: str, scaling: float, theta_max: float,
                  with_coefficients: bool):
     """``(Z, coefficients, a_raw B^T B)`` (see `_gate_coefficients`; the last two None without coefficients):
     the Triton kernel where it applies, else torch. ``a_raw B^T B`` gives ``|B a|`` here and is saved for the
     backward, which would otherwise multiply by the Gram matrix again."""
     if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], variant):
-        return kernels.gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+        return kernels.gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, theta_max,
                                     with_coefficients)
-    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+    K, s = _curvature_and_scale(log_ratios, k0, s0)
     n = norm_x.unsqueeze(-1) / s
     gram_a = a_raw @ gram
     m = (gram_a * a_raw).sum(dim=-1, keepdim=True).clamp_min(1e-30).sqrt() / s  # |B a| / s, floored as in the kernel
@@ -194,26 +194,34 @@ def _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant: str, scalin
     return a_raw * cG_s, coef, (gram_a if with_coefficients else None)
 
 
-def _split_rho_grads(pair: Tensor, rho: Tensor) -> tuple[Tensor, Tensor]:
-    """The two summed log-ratio gradients as the parameters' 1-element tensors (views: no extra kernels)."""
-    if rho.shape == (1,) and pair.dtype == rho.dtype:
-        return pair[0:1], pair[1:2]
-    return pair[0].reshape(rho.shape).to(rho.dtype), pair[1].reshape(rho.shape).to(rho.dtype)
+def _curvature_and_scale(log_ratios: Tensor, k0: float, s0: float) -> tuple[Tensor, Tensor]:
+    """``K = k0 exp(rho_k)`` and ``s = s0 exp(rho_s)`` from ``log_ratios = (rho_k, rho_s)``, as 1-element tensors."""
+    return k0 * torch.exp(log_ratios[0:1]), s0 * torch.exp(log_ratios[1:2])
 
 
-def _gated_backward_torch(q, a_raw, coef, gram_a, B):
-    """``(P, w, B M, rho)`` of `_GatedLowRank.backward` with ``q = grad_out B`` (see there), in torch."""
+def _log_ratio_grad(pair: Tensor, log_ratios: Tensor) -> Tensor:
+    """The two summed gradients as the gradient of ``log_ratios`` (no extra kernel where shapes and dtypes agree)."""
+    if pair.shape == log_ratios.shape and pair.dtype == log_ratios.dtype:
+        return pair
+    return pair.reshape(log_ratios.shape).to(log_ratios.dtype)
+
+
+def _gated_backward_torch(q, a_raw, coef, gram_a, B, base, in_place: bool = False):
+    """``(P, w, base + B M, rho)`` of `_GatedLowRank.backward` with ``q = grad_out B`` and ``base = grad_out^T Z``
+    (see there), in torch; ``in_place`` adds into ``base`` itself (no copy of it)."""
     scaled = (q * a_raw).sum(dim=-1, keepdim=True) * coef  # qa times each coefficient
     beta = scaled[:, 1:2]
     p = torch.addcmul(q * coef[:, :1], beta, gram_a)
-    bm = torch.mm(B, torch.mm((a_raw * beta).t(), a_raw))
-    return p, scaled[:, 2], bm, scaled[:, 3:].sum(dim=0)
+    m = torch.mm((a_raw * beta).t(), a_raw)
+    grad_B = base.addmm_(B, m) if in_place else torch.addmm(base, B, m)
+    return p, scaled[:, 2], grad_B, scaled[:, 3:].sum(dim=0)
 
 
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
-    ``K = k0 exp(rho_k)`` and ``s = s0 exp(rho_s)`` (the layer's parameterisation; gradients go to the rhos).
+    ``K = k0 exp(rho_k)`` and ``s = s0 exp(rho_s)``, ``log_ratios = (rho_k, rho_s)`` (the layer's parameterisation;
+    gradients go to the log-ratios).
     One autograd node per layer, like LoRA's two matmuls. The forward also computes five per-token
     coefficients (`_gate_coefficients`; on CUDA in the Triton kernel of `kernels`), so that the backward is
     LoRA's three matmuls plus a few rank-sized torch operations; only x (in its own dtype), ``a_raw = x A^T``,
@@ -224,10 +232,10 @@ class _GatedLowRank(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
-        out, z, a_raw, coef, gram_a = _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max,
+    def forward(ctx, x, A, B, log_ratios, k0: float, s0: float, variant: str, scaling: float, theta_max: float):
+        out, z, a_raw, coef, gram_a = _gated_forward(x, A, B, log_ratios, k0, s0, variant, scaling, theta_max,
                                                      True)
-        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, z, coef, gram_a)
+        ctx.save_for_backward(x, A, B, log_ratios, a_raw, z, coef, gram_a)
         return out
 
     @staticmethod
@@ -236,7 +244,7 @@ class _GatedLowRank(torch.autograd.Function):
         #   P = dL/d a_raw = (c G / s) q + qa k_m (B^T B) a_raw,   w = qa k_n,
         #   dL/dx = P A + w x,   dL/dA = P^T x,   dL/dB = grad_out^T Z + B (a_raw^T diag(qa k_m) a_raw),
         #   dL/d rho_k = sum qa k_K,   dL/d rho_s = sum qa k_s.
-        x, A, B, rho_k, rho_s, a_raw, z, coef, gram_a = ctx.saved_tensors
+        x, A, B, log_ratios, a_raw, z, coef, gram_a = ctx.saved_tensors
         needs = ctx.needs_input_grad
         # torch.mm and skipped no-op casts: this runs once per layer and step, and its cost is host dispatch
         x_cast = x.reshape(-1, x.shape[-1])
@@ -246,22 +254,23 @@ class _GatedLowRank(torch.autograd.Function):
         if grad_out.dtype != A.dtype:
             grad_out = grad_out.to(A.dtype)
         q = torch.mm(grad_out, B)
+        base = torch.mm(grad_out.t(), z) if needs[2] else torch.zeros_like(B)  # dL/dB but for the Gram term
         if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
-            p, w, bm, rho_pair = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram_a, B)
+            p, w, grad_B, rho_pair = torch.ops.hyplora.gated_backward_terms(q, a_raw, coef, gram_a, B, base)
         else:  # eager: a Triton launch on autograd's thread costs more host time than these (see `kernels`)
-            p, w, bm, rho_pair = _gated_backward_torch(q, a_raw, coef, gram_a, B)
-        grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
+            p, w, grad_B, rho_pair = _gated_backward_torch(q, a_raw, coef, gram_a, B, base, in_place=True)
+        grad_x = grad_A = grad_log_ratios = None
         if needs[1]:
             grad_A = torch.mm(p.t(), x_cast)
         if needs[0]:
             grad_x = torch.mm(p, A).addcmul_(x_cast, w.unsqueeze(-1))  # in place: one float32 x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).view(x.shape)
-        if needs[2]:
-            grad_B = torch.addmm(bm, grad_out.t(), z)
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(rho_pair, rho_k)
-        return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None, None
+        if not needs[2]:
+            grad_B = None
+        if needs[3]:
+            grad_log_ratios = _log_ratio_grad(rho_pair, log_ratios)
+        return grad_x, grad_A, grad_B, grad_log_ratios, None, None, None, None, None
 
 
 def _lorentz_full_point(a_raw, a_time, norm_x, K, s, theta_max: float):
@@ -316,7 +325,7 @@ def _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling: float, theta
     return Z, (point, gram_point, scalars, coefficients)
 
 
-def _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling: float, theta_max: float, with_coefficients):
+def _lorentz_full_forward(x, A, B, log_ratios, k0, s0, scaling: float, theta_max: float, with_coefficients):
     """``(branch, Z, a_raw, terms)`` of "lorentz-full", ``a_raw = x A[:, 1:]^T``."""
     shape = x.shape
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
@@ -325,22 +334,22 @@ def _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling: float, theta_m
     a_time = A[:, 0].contiguous()
     if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
         Z, *terms = torch.ops.hyplora.lorentz_full_terms(
-            a_raw, a_time, norm_x, B, rho_k, rho_s, float(k0), float(s0), float(scaling), float(theta_max))
+            a_raw, a_time, norm_x, B, log_ratios, float(k0), float(s0), float(scaling), float(theta_max))
         terms = tuple(terms) if with_coefficients else None
     else:
-        Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, B.t() @ B, rho_k, rho_s, k0, s0, scaling,
+        Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, B.t() @ B, log_ratios, k0, s0, scaling,
                                                  theta_max, with_coefficients)
     out = Z @ B.t()
     return out.reshape(*shape[:-1], B.shape[0]), Z, a_raw, terms
 
 
-def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling: float,
+def _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scaling: float,
                                   theta_max: float, with_coefficients: bool):
     """``(Z, terms)`` of `_lorentz_full_terms`: the Triton kernel where it applies, else torch."""
     if kernels.supports(a_raw.device, gram.dtype, gram.shape[0], "lorentz-full"):
-        return kernels.lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
+        return kernels.lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scaling, theta_max,
                                             with_coefficients)
-    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+    K, s = _curvature_and_scale(log_ratios, k0, s0)
     return _lorentz_full_terms(a_raw, a_time, norm_x, gram, K, s, scaling, theta_max, with_coefficients)
 
 
@@ -364,43 +373,44 @@ def _gram(B: Tensor, points: int, variant: str) -> Tensor:
     return B.t() @ B
 
 
-def _gated_terms_op(a_raw, norm_x, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max):
+def _gated_terms_op(a_raw, norm_x, B, log_ratios, k0, s0, variant, scaling, theta_max):
     gram = _gram(B, a_raw.shape[1], variant)
-    return _gated_terms(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, True)
+    return _gated_terms(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, theta_max, True)
 
 
 def _gated_terms_fake(a_raw, *_):
     return torch.empty_like(a_raw), a_raw.new_empty((a_raw.shape[0], 5)), torch.empty_like(a_raw)
 
 
-def _gated_backward_terms_op(q, a_raw, coef, gram_a, B):
+def _gated_backward_terms_op(q, a_raw, coef, gram_a, B, base):
     if _atomic_sums(q.device, B.dtype, q.shape[1], "lorentz"):
-        return kernels.gate_backward(q.contiguous(), a_raw, coef, gram_a, B.contiguous())
-    p, w, bm, rho_pair = _gated_backward_torch(q, a_raw, coef, gram_a, B)
-    return p, w.contiguous(), bm, rho_pair
+        return kernels.gate_backward(q.contiguous(), a_raw, coef, gram_a, B.contiguous(), base.contiguous())
+    p, w, grad_B, rho_pair = _gated_backward_torch(q, a_raw, coef, gram_a, B, base)
+    return p, w.contiguous(), grad_B, rho_pair
 
 
-def _gated_backward_terms_fake(q, a_raw, coef, gram_a, B):
+def _gated_backward_terms_fake(q, a_raw, coef, gram_a, B, base):
     return torch.empty_like(q), q.new_empty((q.shape[0],)), torch.empty_like(B), q.new_empty((2,))
 
 
-def _lorentz_full_backward_terms_op(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
+def _lorentz_full_backward_terms_op(q, a_raw, point, gram_point, scalars, coefficients, a_time, B, base):
     if _atomic_sums(q.device, B.dtype, q.shape[1], "lorentz-full"):
         return kernels.lorentz_full_backward(q.contiguous(), a_raw, point, gram_point, scalars, coefficients, a_time,
-                                             B.contiguous())
-    p_a, w, bm, sums = _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficients, a_time, B)
-    return p_a, w.contiguous(), bm, sums
+                                             B.contiguous(), base.contiguous())
+    p_a, w, grad_B, sums = _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficients, a_time,
+                                                        B, base)
+    return p_a, w.contiguous(), grad_B, sums
 
 
 def _lorentz_full_backward_terms_fake(q, a_raw, *_rest):
-    B = _rest[-1]
+    B = _rest[-2]
     rows, rank = a_raw.shape
     return torch.empty_like(a_raw), q.new_empty((rows,)), torch.empty_like(B), q.new_empty((rank + 2,))
 
 
-def _lorentz_full_terms_op(a_raw, a_time, norm_x, B, rho_k, rho_s, k0, s0, scaling, theta_max):
+def _lorentz_full_terms_op(a_raw, a_time, norm_x, B, log_ratios, k0, s0, scaling, theta_max):
     gram = _gram(B, a_raw.shape[1] + 1, "lorentz-full")
-    Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max,
+    Z, terms = _lorentz_full_kernel_or_torch(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scaling, theta_max,
                                              True)
     return (Z, *terms)
 
@@ -419,15 +429,16 @@ def _register_opaque_operations() -> bool:
         return False
     operations = [
         ("gated_terms", _gated_terms_op, _gated_terms_fake,
-         "(Tensor a_raw, Tensor norm_x, Tensor B, Tensor rho_k, Tensor rho_s, float k0, float s0, str variant, "
+         "(Tensor a_raw, Tensor norm_x, Tensor B, Tensor log_ratios, float k0, float s0, str variant, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor)"),
         ("gated_backward_terms", _gated_backward_terms_op, _gated_backward_terms_fake,
-         "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram_a, Tensor B) -> (Tensor, Tensor, Tensor, Tensor)"),
+         "(Tensor q, Tensor a_raw, Tensor coef, Tensor gram_a, Tensor B, Tensor base) "
+         "-> (Tensor, Tensor, Tensor, Tensor)"),
         ("lorentz_full_backward_terms", _lorentz_full_backward_terms_op, _lorentz_full_backward_terms_fake,
          "(Tensor q, Tensor a_raw, Tensor point, Tensor gram_point, Tensor scalars, Tensor coefficients, "
-         "Tensor a_time, Tensor B) -> (Tensor, Tensor, Tensor, Tensor)"),
+         "Tensor a_time, Tensor B, Tensor base) -> (Tensor, Tensor, Tensor, Tensor)"),
         ("lorentz_full_terms", _lorentz_full_terms_op, _lorentz_full_terms_fake,
-         "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor B, Tensor rho_k, Tensor rho_s, float k0, float s0, "
+         "(Tensor a_raw, Tensor a_time, Tensor norm_x, Tensor B, Tensor log_ratios, float k0, float s0, "
          "float scaling, float theta_max) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"),
     ]
     for name, implementation, fake, schema in operations:
@@ -441,14 +452,15 @@ _OPAQUE_UNDER_COMPILE = _register_opaque_operations()
 
 
 class _LorentzFullLowRank(torch.autograd.Function):
-    """The "lorentz-full" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)``; one autograd node whose
-    backward is a few rank-sized torch operations on terms the forward computed (`_lorentz_full_terms`); under
-    torch.compile one opaque operation (on a GPU two Triton launches, `kernels.lorentz_full_backward`)."""
+    """The "lorentz-full" branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (``log_ratios = (rho_k, rho_s)``);
+    one autograd node whose backward is a few rank-sized torch operations on terms the forward computed
+    (`_lorentz_full_terms`); under torch.compile one opaque operation (on a GPU two Triton launches,
+    `kernels.lorentz_full_backward`)."""
 
     @staticmethod
-    def forward(ctx, x, A, B, rho_k, rho_s, k0: float, s0: float, scaling: float, theta_max: float):
-        out, Z, a_raw, terms = _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, True)
-        ctx.save_for_backward(x, A, B, rho_k, rho_s, a_raw, Z, *terms)
+    def forward(ctx, x, A, B, log_ratios, k0: float, s0: float, scaling: float, theta_max: float):
+        out, Z, a_raw, terms = _lorentz_full_forward(x, A, B, log_ratios, k0, s0, scaling, theta_max, True)
+        ctx.save_for_backward(x, A, B, log_ratios, a_raw, Z, *terms)
         return out
 
     @staticmethod
@@ -458,34 +470,36 @@ class _LorentzFullLowRank(torch.autograd.Function):
         # (w, K dL/dK, s dL/ds) = (sigma, tau, rho, <q, P>) C;  dL/d a_raw = dL/dh g1 / s;
         # dL/dx = dL/d a_raw A_s + w x;  dL/dA = [dL/dh^T sqrt(K) cosh c | dL/d a_raw^T x];
         # dL/dB = grad_out^T Z + B (P^T diag(beta) P).
-        x, A, B, rho_k, rho_s, a_raw, Z, point, gram_point, scalars, coefficients = ctx.saved_tensors
+        x, A, B, log_ratios, a_raw, Z, point, gram_point, scalars, coefficients = ctx.saved_tensors
         shape = x.shape
         x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
         grad_out = grad_out.reshape(-1, B.shape[0]).to(A.dtype)
         q = grad_out @ B
-        rank_terms = (q, a_raw, point, gram_point, scalars, coefficients, A[:, 0].contiguous(), B)
+        base = torch.mm(grad_out.t(), Z) if ctx.needs_input_grad[2] else torch.zeros_like(B)  # see _GatedLowRank
+        rank_terms = (q, a_raw, point, gram_point, scalars, coefficients, A[:, 0].contiguous(), B, base)
         if _OPAQUE_UNDER_COMPILE and kernels.is_compiling():
-            p_a, w, bm, sums = torch.ops.hyplora.lorentz_full_backward_terms(*rank_terms)
+            p_a, w, grad_B, sums = torch.ops.hyplora.lorentz_full_backward_terms(*rank_terms)
         else:  # eager: see _GatedLowRank.backward
-            p_a, w, bm, sums = _lorentz_full_backward_torch(*rank_terms)
+            p_a, w, grad_B, sums = _lorentz_full_backward_torch(*rank_terms, in_place=True)
         grad_time, rho_pair = sums[:-2], sums[-2:]
-        grad_x = grad_A = grad_B = grad_rho_k = grad_rho_s = None
+        grad_x = grad_A = grad_log_ratios = None
         if ctx.needs_input_grad[1]:
             grad_A = torch.cat([grad_time.unsqueeze(-1), p_a.t() @ x_cast], dim=1)
         if ctx.needs_input_grad[0]:
             grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, w.unsqueeze(-1))  # in place: one x-sized temporary fewer
             del x_cast
             grad_x = grad_x.to(x.dtype).reshape(shape)
-        if ctx.needs_input_grad[2]:
-            grad_B = torch.addmm(bm, grad_out.t(), Z)
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            grad_rho_k, grad_rho_s = _split_rho_grads(rho_pair, rho_k)
-        return grad_x, grad_A, grad_B, grad_rho_k, grad_rho_s, None, None, None, None
+        if not ctx.needs_input_grad[2]:
+            grad_B = None
+        if ctx.needs_input_grad[3]:
+            grad_log_ratios = _log_ratio_grad(rho_pair, log_ratios)
+        return grad_x, grad_A, grad_B, grad_log_ratios, None, None, None, None
 
 
-def _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
-    """``(dL/d a_raw, w, B M, [dL/dA[:, 0], rho])`` of `_LorentzFullLowRank.backward` (see there), in torch; the
-    last is one vector (r + 2)."""
+def _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficients, a_time, B, base,
+                                 in_place: bool = False):
+    """``(dL/d a_raw, w, base + B M, [dL/dA[:, 0], rho])`` of `_LorentzFullLowRank.backward` (see there), in torch;
+    the last is one vector (r + 2). ``in_place`` adds into ``base`` itself."""
     qP = torch.linalg.vecdot(q, point)
     beta = qP.unsqueeze(-1) * scalars[:, 1:2]
     dL_dP = torch.addcmul(q * scalars[:, :1], beta, gram_point)
@@ -493,12 +507,13 @@ def _lorentz_full_backward_torch(q, a_raw, point, gram_point, scalars, coefficie
     dL_dh = torch.addcmul(dL_dP[:, 1:], rho / point[:, :1], point[:, 1:])
     v = torch.stack([torch.linalg.vecdot(dL_dh, a_raw), dL_dh @ a_time, rho.squeeze(-1), qP], dim=-1)
     terms = (v.unsqueeze(1) @ coefficients).squeeze(1)
-    bm = B @ ((point * beta).t() @ point)
+    m = (point * beta).t() @ point
+    grad_B = base.addmm_(B, m) if in_place else torch.addmm(base, B, m)
     sums = torch.cat([dL_dh.t() @ scalars[:, 3], terms[:, 1:].sum(dim=0)])
-    return dL_dh * scalars[:, 2:3], terms[:, 0], bm, sums
+    return dL_dh * scalars[:, 2:3], terms[:, 0], grad_B, sums
 
 
-def _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: float, theta_max: float) -> Tensor:
+def _inference_branch(x, A, B, log_ratios, k0, s0, variant: str, scaling: float, theta_max: float) -> Tensor:
     """Any variant's branch without autograd and without the Triton kernel (CPU, torch.compile).
 
     Every variant's output is a per-token scalar times ``y = B z`` (``z = A x``, or the point ``P`` for
@@ -510,7 +525,7 @@ def _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: floa
     shape = x.shape
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
     norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
-    K, s = k0 * torch.exp(rho_k), s0 * torch.exp(rho_s)
+    K, s = _curvature_and_scale(log_ratios, k0, s0)
     if variant == "lorentz-full":
         point = _lorentz_full_point(x_cast @ A[:, 1:].t(), A[:, 0], norm_x, K, s, theta_max)[-1]
         y = point @ B.t()
@@ -525,21 +540,21 @@ def _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant: str, scaling: floa
 
 
 def gated_branch(
-    variant: str, x: Tensor, A: Tensor, B: Tensor, rho_k: Tensor, rho_s: Tensor, k0: float, s0: float,
+    variant: str, x: Tensor, A: Tensor, B: Tensor, log_ratios: Tensor, k0: float, s0: float,
     scaling: float, theta_max: float,
 ) -> Tensor:
-    """Any variant's branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's parameterisation,
-    which the kernels evaluate themselves)."""
-    inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, rho_k, rho_s))
+    """Any variant's branch with ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)``, ``log_ratios = (rho_k, rho_s)`` a
+    2-element tensor (the layer's parameterisation, which the kernels evaluate themselves)."""
+    inference = not torch.is_grad_enabled() or not any(t.requires_grad for t in (x, A, B, log_ratios))
     if inference and not kernels.usable(x, A, variant):
-        return _inference_branch(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+        return _inference_branch(x, A, B, log_ratios, k0, s0, variant, scaling, theta_max)
     if variant == "lorentz-full":
         if inference:
-            return _lorentz_full_forward(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max, False)[0]
-        return _LorentzFullLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, scaling, theta_max)
+            return _lorentz_full_forward(x, A, B, log_ratios, k0, s0, scaling, theta_max, False)[0]
+        return _LorentzFullLowRank.apply(x, A, B, log_ratios, k0, s0, scaling, theta_max)
     if inference:  # decoding: the same computation without an autograd node
-        return _gated_forward(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max, False)[0]
-    return _GatedLowRank.apply(x, A, B, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+        return _gated_forward(x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, False)[0]
+    return _GatedLowRank.apply(x, A, B, log_ratios, k0, s0, variant, scaling, theta_max)
 
 
 def adds_in_place(out: Tensor, variant: str, x: Tensor, A: Tensor) -> bool:
@@ -550,7 +565,7 @@ def adds_in_place(out: Tensor, variant: str, x: Tensor, A: Tensor) -> bool:
 
 
 def add_gated_branch_(
-    out: Tensor, variant: str, x: Tensor, A: Tensor, B: Tensor, rho_k: Tensor, rho_s: Tensor, k0: float, s0: float,
+    out: Tensor, variant: str, x: Tensor, A: Tensor, B: Tensor, log_ratios: Tensor, k0: float, s0: float,
     scaling: float, theta_max: float,
 ) -> None:
     """``out += gated_branch(...)`` in place, without autograd (where `adds_in_place` says so).
@@ -564,12 +579,13 @@ def add_gated_branch_(
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     y = torch.mm(torch.mm(x2.to(A.dtype), A.t()), B.t())
-    kernels.add_gated_(out.view(-1, out.shape[-1]), y, x2, rho_k, rho_s, k0, s0, variant, scaling, theta_max)
+    kernels.add_gated_(out.view(-1, out.shape[-1]), y, x2, log_ratios, k0, s0, variant, scaling, theta_max)
 
 
 def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):
     # K = exp(log K): gradients reach K and s through the logs
-    return gated_branch(variant, x, A, B, K.log(), s.log(), 1.0, 1.0, scaling, theta_max)
+    log_ratios = torch.cat([K.reshape(1).log(), s.reshape(1).log()])
+    return gated_branch(variant, x, A, B, log_ratios, 1.0, 1.0, scaling, theta_max)
 
 
 def lorentz_branch(x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float) -> Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+import torch
+
 from peft import PeftConfig, PeftModel
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, load_peft_weights, set_peft_model_state_dict
 
@@ -57,7 +59,7 @@ def load_adapter(model, adapter_dir, adapter_name: str = "default", is_trainable
         raise HypLoraUserError(f"adapter {adapter_dir} does not fit the model: {exc}") from exc
 
     device = next(peft_model.parameters()).device
-    state = load_peft_weights(adapter_dir, device=str(device))
+    state = _merge_separate_scalars(peft_model, load_peft_weights(adapter_dir, device=str(device)), adapter_name)
     try:
         result = set_peft_model_state_dict(peft_model, state, adapter_name=adapter_name)
     except RuntimeError as exc:  # shape mismatch
@@ -75,6 +77,17 @@ def load_adapter(model, adapter_dir, adapter_name: str = "default", is_trainable
     if not is_trainable:
         peft_model.eval()
     return peft_model
+
+
+def _merge_separate_scalars(peft_model, state: dict, adapter_name: str) -> dict:
+    """Adapters saved before ``lora_log_scales`` existed hold ``lora_curvature`` and ``lora_feature_scale`` as two
+    1-element tensors per layer; where the layer now keeps both in ``lora_log_scales``, join them."""
+    for name, module in peft_model.named_modules():
+        if isinstance(module, HypLoraLinear) and adapter_name in module.lora_log_scales:
+            parts = [f"{name}.lora_curvature", f"{name}.lora_feature_scale"]
+            if f"{name}.lora_log_scales" not in state and all(key in state for key in parts):
+                state[f"{name}.lora_log_scales"] = torch.cat([state.pop(key).reshape(1).float() for key in parts])
+    return state
 
 
 def is_hyplora(config) -> bool:

@@ -20,8 +20,9 @@ Without autograd (a prefill, eager decoding) there is no backward to feed, and t
 ``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
 adds ``scaling G y / s`` into the base layer's output in place. That is four launches per layer instead of seven.
 
-The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` (the layer's
-parameterisation) and are formed inside the kernel, which saves four scalar launches per layer and call.
+The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` with ``log_ratios = (rho_k,
+rho_s)`` (the layer's parameterisation) and are formed inside the kernel, which saves four scalar launches per
+layer and call.
 
 Special functions are written with ``exp``/``log``/``sqrt`` and Taylor series near 0 (no libdevice), so the
 kernel also runs under ``TRITON_INTERPRET=1`` on a CPU, which is how CI tests it.
@@ -353,8 +354,11 @@ if triton is not None:
         tl.atomic_add(v_ptr + R + 1, tl.sum(acc_s, axis=0), sem="relaxed")
 
     @triton.jit(do_not_specialize=["D"])
-    def _matmul_small_kernel(b_ptr, m_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
-        """``out = B M`` for a tall B (D x R) and a small M (R x R)."""
+    def _matmul_small_kernel(b_ptr, m_ptr, c_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+        """``out = C + B M`` for a tall B and C (D x R) and a small M (R x R). C is added after a round trip through
+        ``out`` (behind a barrier: each program reads back only its own tile): added to the `tl.dot` result in
+        registers, the compiler spilled 4 KB per thread (benchmarks/kernel_registers.py), and a loop of rank-one
+        updates took 3x longer on an H200."""
         rows = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
         cols = tl.arange(0, BLOCK_R)
         mask = (rows[:, None] < D) & (cols[None, :] < R)
@@ -363,10 +367,13 @@ if triton is not None:
         m = tl.load(m_ptr + cols[:, None] * R + cols[None, :], mask=(cols[:, None] < R) & (cols[None, :] < R),
                     other=0.0)
         tl.store(out_ptr + tile, tl.dot(b, m, input_precision="ieee"), mask=mask)
+        tl.debug_barrier()
+        total = tl.load(out_ptr + tile, mask=mask, other=0.0) + tl.load(c_ptr + tile, mask=mask, other=0.0)
+        tl.store(out_ptr + tile, total, mask=mask)
 
     @triton.jit(do_not_specialize=["T"])
     def _gate_forward_kernel(
-        a_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, coef_ptr, ga_ptr,
+        a_ptr, norm_ptr, gram_ptr, log_ratios_ptr, z_ptr, coef_ptr, ga_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
         VARIANT: tl.constexpr, WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
@@ -376,8 +383,8 @@ if triton is not None:
         col_mask = cols < R
         tile = rows[:, None].to(tl.int64) * R + cols[None, :]
         mask = row_mask[:, None] & col_mask[None, :]
-        K = k0 * tl.exp(tl.load(rho_k_ptr))
-        s = s0 * tl.exp(tl.load(rho_s_ptr))
+        K = k0 * tl.exp(tl.load(log_ratios_ptr))
+        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
         a_raw = tl.load(a_ptr + tile, mask=mask, other=0.0)
         gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
                        other=0.0)
@@ -401,7 +408,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["T"])
     def _lorentz_full_forward_kernel(
-        a_ptr, at_ptr, norm_ptr, gram_ptr, rho_k_ptr, rho_s_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
+        a_ptr, at_ptr, norm_ptr, gram_ptr, log_ratios_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
         WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
@@ -412,8 +419,8 @@ if triton is not None:
         row_mask = rows < T
         in_h = (cols >= 1) & (cols <= R)
         in_p = cols < R1
-        K = k0 * tl.exp(tl.load(rho_k_ptr))
-        s = s0 * tl.exp(tl.load(rho_s_ptr))
+        K = k0 * tl.exp(tl.load(log_ratios_ptr))
+        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
         k = tl.sqrt(K)
         a_raw = tl.load(a_ptr + rows[:, None].to(tl.int64) * R + (cols[None, :] - 1),
                         mask=row_mask[:, None] & in_h[None, :], other=0.0)
@@ -480,13 +487,13 @@ if triton is not None:
 
     @triton.jit
     def _add_gated_kernel(
-        out_ptr, y_ptr, x_ptr, rho_k_ptr, rho_s_ptr, D_IN, D_OUT, k0, s0, scaling, theta_max, sinh_theta_max,
+        out_ptr, y_ptr, x_ptr, log_ratios_ptr, D_IN, D_OUT, k0, s0, scaling, theta_max, sinh_theta_max,
         VARIANT: tl.constexpr, BLOCK: tl.constexpr,
     ):
         """One token per program: ``out += scaling G(|x| / s, |y| / s) y / s`` with ``y = B A x`` (no autograd)."""
         row = tl.program_id(0).to(tl.int64)
-        K = k0 * tl.exp(tl.load(rho_k_ptr))
-        s = s0 * tl.exp(tl.load(rho_s_ptr))
+        K = k0 * tl.exp(tl.load(log_ratios_ptr))
+        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
         n = tl.sqrt(_squared_norm(x_ptr, row, D_IN, BLOCK)) / s
         m = tl.sqrt(tl.maximum(_squared_norm(y_ptr, row, D_OUT, BLOCK), 1e-30)) / s
         G, _, _, _ = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
@@ -529,11 +536,11 @@ def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gate_backward(q, a_raw, coef, gram_a, B):
-    """The rank-sized part of `functional._GatedLowRank.backward` in two launches: ``(P, w, B M, rho)`` with
+def gate_backward(q, a_raw, coef, gram_a, B, base):
+    """The rank-sized part of `functional._GatedLowRank.backward` in two launches: ``(P, w, base + B M, rho)`` with
     ``P = dL/d a_raw`` (rows x r), ``w`` (rows) the coefficient of x in dL/dx, ``B M`` (d_out x r) the Gram term of
-    dL/dB and ``rho`` the two log-ratio gradients (2,). The sums over tokens are atomic float32 adds (their last
-    bits may differ from run to run)."""
+    dL/dB, added to ``base`` (its other term) in the second launch, and ``rho`` the two log-ratio gradients (2,).
+    The sums over tokens are atomic float32 adds (their last bits may differ from run to run)."""
     rows, rank = q.shape
     block_t, block_r, warps = _rank_blocks(rank)
     slabs, per_slab = _slabs(rows, block_t, 32)
@@ -545,12 +552,12 @@ def gate_backward(q, a_raw, coef, gram_a, B):
     m = sums[_ALIGN:]
     _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, m, sums, rows, rank, per_slab, BLOCK_T=block_t,
                                     BLOCK_R=block_r, num_warps=warps)
-    return p, w, _times_small(B, m, rank), sums[:2]
+    return p, w, _times_small(B, m, base, rank), sums[:2]
 
 
-def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_time, B):
-    """`functional._lorentz_full_backward_torch` in two launches: ``(dL/d a_raw, w, B M, [dL/dA[:, 0], rho])``, the
-    sums over tokens by atomic float32 adds (as in `gate_backward`)."""
+def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_time, B, base):
+    """`functional._lorentz_full_backward_torch` in two launches: ``(dL/d a_raw, w, base + B M, [dL/dA[:, 0],
+    rho])``, the sums over tokens by atomic float32 adds (as in `gate_backward`)."""
     rows, rank = a_raw.shape
     blocks, warps = _full_backward_config(rank)  # tiles of the space coordinates (see the kernel)
     slabs, per_slab = _slabs(rows, blocks["BLOCK_T"], 32)
@@ -563,20 +570,21 @@ def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_
     m = sums[vector:]
     _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m,
                                             sums, rows, rank, per_slab, num_warps=warps, **blocks)
-    return p_a, w, _times_small(B, m, points), sums[:rank + 2]
+    return p_a, w, _times_small(B, m, base, points), sums[:rank + 2]
 
 
-def _times_small(B, m, rank):
-    """``B M`` for B (d x rank) and the (rank x rank) matrix M at the start of ``m``."""
+def _times_small(B, m, base, rank):
+    """``base + B M`` for B and base (d x rank) and the (rank x rank) matrix M at the start of ``m``. The sum is
+    formed here because ``torch.addmm(base, ...)`` would first copy base into its output (one launch more)."""
     d_out = B.shape[0]
     out = torch.empty_like(B)
     blocks, warps = _times_small_blocks(rank)
-    _matmul_small_kernel[(max(1, triton.cdiv(d_out, blocks["BLOCK_D"])),)](B, m, out, d_out, rank, num_warps=warps,
-                                                                            **blocks)
+    _matmul_small_kernel[(max(1, triton.cdiv(d_out, blocks["BLOCK_D"])),)](B, m, base, out, d_out, rank,
+                                                                            num_warps=warps, **blocks)
     return out
 
 
-def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, theta_max, with_coefficients):
+def gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, theta_max, with_coefficients):
     """``(Z, coefficients, a B^T B)``: ``Z = scaling G a`` (rows x r) and, if asked, the backward's per-token
     coefficients (rows x 5; see `functional._gate_coefficients`) and ``a (B^T B)`` (rows x r), else None."""
     rows, rank = a_raw.shape
@@ -587,14 +595,14 @@ def gate_forward(a_raw, norm_x, gram, rho_k, rho_s, k0, s0, variant, scaling, th
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
         _gate_forward_kernel[(triton.cdiv(rows, block_t),)](
-            a_raw, norm_x, gram, rho_k, rho_s, z, coef, gram_a, rows, rank, float(k0), float(s0), float(scaling),
+            a_raw, norm_x, gram, log_ratios, z, coef, gram_a, rows, rank, float(k0), float(s0), float(scaling),
             theta, sinh_theta, VARIANT=VARIANT_IDS[variant], WITH_COEF=with_coefficients, BLOCK_T=block_t,
             BLOCK_R=block_r, num_warps=warps,
         )
     return (z, coef, gram_a) if with_coefficients else (z, None, None)
 
 
-def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scaling, theta_max, with_coefficients):
+def lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scaling, theta_max, with_coefficients):
     """``(Z, terms)`` of "lorentz-full": Z (rows x (r + 1)); terms = ``(P, P B^T B, scalars, C)`` for the backward
     (see `functional._lorentz_full_terms`), or None."""
     rows, rank = a_raw.shape
@@ -609,14 +617,14 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, rho_k, rho_s, k0, s0, scal
     block_t, block_r, warps = _rank_blocks(rank + 1)
     if rows:
         _lorentz_full_forward_kernel[(triton.cdiv(rows, block_t),)](
-            a_raw, a_time, norm_x, gram, rho_k, rho_s, z, point, gram_point, scalars, coefficients, rows, rank,
+            a_raw, a_time, norm_x, gram, log_ratios, z, point, gram_point, scalars, coefficients, rows, rank,
             float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max),
             WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r, num_warps=warps,
         )
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
 
 
-def add_gated_(out, y, x, rho_k, rho_s, k0, s0, variant, scaling, theta_max) -> None:
+def add_gated_(out, y, x, log_ratios, k0, s0, variant, scaling, theta_max) -> None:
     """``out += scaling G y / s`` in place, per row, with G from ``|x|`` and ``|y|`` (the no-grad branch).
 
     ``out`` (rows x d_out, the base layer's output, any float dtype), ``y = x A^T B^T`` (rows x d_out, float32) and
@@ -627,6 +635,6 @@ def add_gated_(out, y, x, rho_k, rho_s, k0, s0, variant, scaling, theta_max) -> 
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
         _add_gated_kernel[(rows,)](
-            out, y, x, rho_k, rho_s, x.shape[1], d_out, float(k0), float(s0), float(scaling), theta, sinh_theta,
+            out, y, x, log_ratios, x.shape[1], d_out, float(k0), float(s0), float(scaling), theta, sinh_theta,
             VARIANT=VARIANT_IDS[variant], BLOCK=1024,
         )

@@ -62,13 +62,17 @@ def reject_unsupported_layer(target: nn.Module, adapter_name: str, **kwargs) -> 
 class HypLoraLinear(nn.Module, LoraLayer):
     """A frozen linear layer plus, for each active HypLoRA adapter, ``scaling * branch(x)`` (see `functional`).
 
-    Per adapter it holds LoRA's ``lora_A``/``lora_B`` and, when learned, two float32 scalars:
-    ``lora_curvature`` (``rho`` with ``K = K0 exp(rho)``; the raw ``k`` under compat="reference") and
-    ``lora_feature_scale`` (``sigma`` with ``s = s0 exp(sigma)``; the raw ``s`` under compat="reference").
-    Both start at values that reproduce the configured ``K0`` and ``s0`` exactly.
+    Per adapter it holds LoRA's ``lora_A``/``lora_B`` and the learned scalars, in float32:
+    ``lora_log_scales = (rho, sigma)`` with ``K = K0 exp(rho)`` and ``s = s0 exp(sigma)`` when both are learned
+    (one parameter: each parameter costs host time in every training step, in the optimizer, in autograd's
+    gradient accumulation and in CUDA graphs' input checks); otherwise, and under compat="reference", one
+    1-element parameter for each one learned: ``lora_curvature`` (``rho``; the raw ``k`` under
+    compat="reference") and ``lora_feature_scale`` (``sigma``; the raw ``s`` under compat="reference"). They start
+    at values that reproduce the configured ``K0`` and ``s0`` exactly. `io.load_adapter` loads adapters saved before
+    ``lora_log_scales`` existed (two 1-element tensors) into it.
     """
 
-    adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_curvature", "lora_feature_scale")
+    adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_curvature", "lora_feature_scale", "lora_log_scales")
     other_param_names = LoraLayer.other_param_names + ("hyplora_settings",)
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config, r: int = 0, lora_alpha: int = 1, **kwargs):
@@ -77,6 +81,7 @@ class HypLoraLinear(nn.Module, LoraLayer):
         self.fan_in_fan_out = False
         self.lora_curvature = nn.ParameterDict({})
         self.lora_feature_scale = nn.ParameterDict({})
+        self.lora_log_scales = nn.ParameterDict({})
         self.hyplora_settings: dict[str, dict[str, Any]] = {}
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
@@ -120,30 +125,42 @@ class HypLoraLinear(nn.Module, LoraLayer):
         # Created after the move above, which would cast them to the base layer's (possibly bfloat16) dtype.
         device = self.lora_A[adapter_name].weight.device
         reference = config.compat == "reference"
-        if config.learn_curvature:
-            start = float(config.curvature) if reference else 0.0
-            self.lora_curvature[adapter_name] = nn.Parameter(torch.tensor([start], dtype=torch.float32, device=device))
-            # compat="reference", "lorentz": its gradient is clipped to [-0.01, 0.01] in `hyperbolic_branch`
         uses_scale = not (reference and config.variant == "stereographic")
-        if config.learn_feature_scale and uses_scale:
-            start = float(feature_scale) if reference else 0.0
-            self.lora_feature_scale[adapter_name] = nn.Parameter(
-                torch.tensor([start], dtype=torch.float32, device=device)
-            )
+        if not reference and config.learn_curvature and config.learn_feature_scale:
+            self.lora_log_scales[adapter_name] = nn.Parameter(torch.zeros(2, dtype=torch.float32, device=device))
+        else:
+            if config.learn_curvature:
+                start = float(config.curvature) if reference else 0.0
+                self.lora_curvature[adapter_name] = nn.Parameter(
+                    torch.tensor([start], dtype=torch.float32, device=device))
+                # compat="reference", "lorentz": its gradient is clipped to [-0.01, 0.01] in `hyperbolic_branch`
+            if config.learn_feature_scale and uses_scale:
+                start = float(feature_scale) if reference else 0.0
+                self.lora_feature_scale[adapter_name] = nn.Parameter(
+                    torch.tensor([start], dtype=torch.float32, device=device))
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
     # ------------------------------------------------------------------------------------ learned scalars
-    def _constant(self, value: float, like: torch.Tensor) -> torch.Tensor:
-        """A cached 1-element tensor: creating one per call would copy host->device and stall a GPU stream."""
+    def _constant(self, value: float, like: torch.Tensor, size: int = 1) -> torch.Tensor:
+        """A cached tensor of ``size`` copies of ``value``: creating one per call would copy host->device and stall
+        a GPU stream.
+
+        Not cached while torch.compile traces: a tensor made there is an output of the compiled graph, which
+        CUDA graphs ("reduce-overhead") overwrite on their next replay. In the graph it is a constant fill."""
+        if Fn.kernels.is_compiling():
+            return torch.full((size,), value, dtype=like.dtype, device=like.device)
         cache = self._caches.setdefault("hyplora_constants", {})
-        key = (value, like.device, like.dtype)
+        key = (value, size, like.device, like.dtype)
         if key not in cache:
-            cache[key] = torch.tensor([value], dtype=like.dtype, device=like.device)
+            cache[key] = torch.full((size,), value, dtype=like.dtype, device=like.device)
         return cache[key]
+
 
     def curvature(self, adapter_name: str) -> torch.Tensor:
         """K of the adapter's hyperboloid L_K (curvature -1/K), as a float32 1-element tensor."""
         settings = self.hyplora_settings[adapter_name]
+        if adapter_name in self.lora_log_scales:
+            return torch.exp(self.lora_log_scales[adapter_name][0:1].float()) * settings["curvature"]
         param = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
         if settings["compat"] == "reference":
             weight = self.lora_A[adapter_name].weight
@@ -156,6 +173,8 @@ class HypLoraLinear(nn.Module, LoraLayer):
     def feature_scale(self, adapter_name: str) -> torch.Tensor:
         """The scale s the input is divided by before it is mapped to the hyperboloid (1-element tensor)."""
         settings = self.hyplora_settings[adapter_name]
+        if adapter_name in self.lora_log_scales:
+            return torch.exp(self.lora_log_scales[adapter_name][1:2].float()) * settings["feature_scale"]
         param = self.lora_feature_scale[adapter_name] if adapter_name in self.lora_feature_scale else None
         if param is None:
             return self._constant(settings["feature_scale"], self.lora_A[adapter_name].weight.float())
@@ -163,12 +182,17 @@ class HypLoraLinear(nn.Module, LoraLayer):
             return param.float()
         return torch.exp(param.float()) * settings["feature_scale"]
 
-    def _log_ratio(self, params: nn.ParameterDict, adapter_name: str, like: torch.Tensor) -> torch.Tensor:
-        """``rho`` of ``value = value0 exp(rho)``: the learned parameter, or a cached 0 when not learned."""
-        if adapter_name in params:
-            param = params[adapter_name]
+    def _log_ratios(self, adapter_name: str, like: torch.Tensor) -> torch.Tensor:
+        """``(rho, sigma)`` of ``K = K0 exp(rho)``, ``s = s0 exp(sigma)`` in ``like``'s dtype: the learned
+        parameters, with a 0 for one not learned."""
+        if adapter_name in self.lora_log_scales:
+            param = self.lora_log_scales[adapter_name]
             return param if param.dtype == like.dtype else param.to(like.dtype)
-        return self._constant(0.0, like)
+        parts = [params[adapter_name].reshape(1).to(like.dtype) if adapter_name in params else None
+                 for params in (self.lora_curvature, self.lora_feature_scale)]
+        if parts[0] is None and parts[1] is None:
+            return self._constant(0.0, like, size=2)
+        return torch.cat([part if part is not None else self._constant(0.0, like) for part in parts])
 
     # ------------------------------------------------------------------------------------------- forward
     def hyperbolic_branch(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
@@ -183,12 +207,10 @@ class HypLoraLinear(nn.Module, LoraLayer):
             A, B = A.to(dtype), B.to(dtype)
             scaling = self.scaling[adapter_name]
             if settings["compat"] is None and settings["variant"] in Fn.GATED_VARIANTS:
-                rho_k = self._log_ratio(self.lora_curvature, adapter_name, A)
-                rho_s = self._log_ratio(self.lora_feature_scale, adapter_name, A)
                 # K = K0 exp(rho) and s = s0 exp(sigma) are formed inside the fused function (no scalar launches)
                 return Fn.gated_branch(
-                    settings["variant"], x, A, B, rho_k, rho_s, settings["curvature"], settings["feature_scale"],
-                    scaling, settings["max_radius"],
+                    settings["variant"], x, A, B, self._log_ratios(adapter_name, A), settings["curvature"],
+                    settings["feature_scale"], scaling, settings["max_radius"],
                 )
             K = self.curvature(adapter_name).to(dtype)
             if settings["compat"] == "reference":
@@ -217,9 +239,8 @@ class HypLoraLinear(nn.Module, LoraLayer):
         with _autocast_off(x.device.type):
             Fn.add_gated_branch_(
                 result, settings["variant"], self.lora_dropout[adapter_name](x), A, self.lora_B[adapter_name].weight,
-                self._log_ratio(self.lora_curvature, adapter_name, A),
-                self._log_ratio(self.lora_feature_scale, adapter_name, A), settings["curvature"],
-                settings["feature_scale"], self.scaling[adapter_name], settings["max_radius"],
+                self._log_ratios(adapter_name, A), settings["curvature"], settings["feature_scale"],
+                self.scaling[adapter_name], settings["max_radius"],
             )
         return True
 
