@@ -155,7 +155,6 @@ class HypLoraLinear(nn.Module, LoraLayer):
             cache[key] = torch.full((size,), value, dtype=like.dtype, device=like.device)
         return cache[key]
 
-
     def curvature(self, adapter_name: str) -> torch.Tensor:
         """K of the adapter's hyperboloid L_K (curvature -1/K), as a float32 1-element tensor."""
         settings = self.hyplora_settings[adapter_name]
