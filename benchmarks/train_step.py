@@ -15,6 +15,9 @@ calling thread: torch.autograd.set_multithreading_enabled(False); on CUDA autogr
 device thread, where each Python backward must take the GIL) or a torch.compile mode ("default",
 "reduce-overhead" = with CUDA graphs, "max-autotune-no-cudagraphs"); the model is compiled whole, the optimizer
 step stays eager. Ratios compare methods in the same mode (HypLoRA compiled against LoRA compiled).
+
+Besides the methods run by default, "hyplora-lorentz-fixed" and "hyplora-stereographic-fixed" keep K and s fixed
+(no learned scalar parameters), to measure what those parameters cost.
 """
 
 from __future__ import annotations
