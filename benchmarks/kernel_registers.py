@@ -45,7 +45,7 @@ def signature(function, constants: dict) -> dict:
         if name in constants:
             types[name] = "constexpr"
         elif name.endswith("_ptr"):
-            bf16 = function.__name__ == "_add_gated_kernel" and name in ("out_ptr", "x_ptr")
+            bf16 = function.__name__.startswith("_add_") and name in ("out_ptr", "x_ptr")
             types[name] = "*bf16" if bf16 else "*fp32"
         else:
             types[name] = "fp32" if name in FLOAT_ARGUMENTS else "i32"

@@ -558,9 +558,9 @@ def gated_branch(
 
 
 def adds_in_place(out: Tensor, variant: str, x: Tensor, A: Tensor) -> bool:
-    """Whether `add_gated_branch_` applies: no autograd, "lorentz" or "stereographic", the Triton path usable
-    (CUDA, outside torch.compile), and ``out`` a contiguous float tensor with x's leading shape."""
-    return (not torch.is_grad_enabled() and variant in _GATES and kernels.usable(x, A, variant)
+    """Whether `add_gated_branch_` applies: no autograd, the Triton path usable (CUDA, outside torch.compile), and
+    ``out`` a contiguous float tensor with x's leading shape."""
+    return (not torch.is_grad_enabled() and variant in GATED_VARIANTS and kernels.usable(x, A, variant)
             and out.shape[:-1] == x.shape[:-1] and out.is_contiguous() and out.is_floating_point())
 
 
@@ -578,8 +578,18 @@ def add_gated_branch_(
     x2 = x.reshape(-1, x.shape[-1])
     if not x2.is_contiguous():
         x2 = x2.contiguous()
+    out2 = out.view(-1, out.shape[-1])
+    if variant == "lorentz-full":
+        # y = B P splits into LoRA's two matmuls on the space coordinates, B's time column and B_s A[:, 0]
+        # (`kernels.add_lorentz_full_`): no Gram matrix and no rank-space kernel, one launch more than "lorentz"
+        A, B = A.contiguous(), B.contiguous()
+        a_raw = torch.mm(x2.to(A.dtype), A[:, 1:].t())
+        v = torch.mv(B[:, 1:], A[:, 0])
+        kernels.add_lorentz_full_(out2, torch.mm(a_raw, B[:, 1:].t()), x2, a_raw, A, B, v, log_ratios, k0, s0,
+                                  scaling, theta_max)
+        return
     y = torch.mm(torch.mm(x2.to(A.dtype), A.t()), B.t())
-    kernels.add_gated_(out.view(-1, out.shape[-1]), y, x2, log_ratios, k0, s0, variant, scaling, theta_max)
+    kernels.add_gated_(out2, y, x2, log_ratios, k0, s0, variant, scaling, theta_max)
 
 
 def _branch(variant: str, x: Tensor, A: Tensor, B: Tensor, K: Tensor, s: Tensor, scaling: float, theta_max: float):

@@ -120,6 +120,7 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
     for with_coef in (True, False):
         configs.append(("_lorentz_full_forward_kernel", {"WITH_COEF": with_coef, "BLOCK_T": full_t, "BLOCK_R": full_r},
                         full_warps))
+    configs.append(("_add_lorentz_full_kernel", {"BLOCK": 1024, "BLOCK_R": _add_lorentz_full_block(rank)}, 4))
     configs += [
         ("_gate_backward_kernel", {"BLOCK_T": block_t, "BLOCK_R": block_r}, warps),
         ("_lorentz_full_backward_kernel", *_full_backward_config(rank)),
@@ -507,6 +508,54 @@ if triton is not None:
             tl.store(out_ptr + row * D_OUT + index, (out + factor * y).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+    @triton.jit
+    def _add_lorentz_full_kernel(
+        out_ptr, y_ptr, x_ptr, a_ptr, at_ptr, bt_ptr, v_ptr, log_ratios_ptr, D_IN, D_OUT, R, AT_STRIDE, BT_STRIDE,
+        k0, s0, scaling, theta_max, sinh_theta_max, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """One token per program, "lorentz-full" without autograd: ``out += scaling asinhc(|y| / sqrt(K)) y`` with
+
+            h = (g1 / s) a + sqrt(K) cosh(c) a_time,   t = sqrt(K + |h|^2)     (the point P = (t, h))
+            y = B P = t B[:, 0] + (g1 / s) B_s a + sqrt(K) cosh(c) B_s a_time
+
+        for ``a = x A_s^T`` (``a_ptr``), ``B_s a`` (``y_ptr``), ``B_s a_time`` (``v_ptr``), and ``a_time = A[:, 0]``,
+        ``B[:, 0]`` read with their row strides from the weights."""
+        row = tl.program_id(0).to(tl.int64)
+        K = k0 * tl.exp(tl.load(log_ratios_ptr))
+        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
+        k = tl.sqrt(K)
+        theta = tl.maximum(tl.sqrt(_squared_norm(x_ptr, row, D_IN, BLOCK)) / s, 1e-30) / k
+        c = tl.minimum(theta, theta_max)
+        sinhc, _ = _sinhc_and_prime(c)
+        g1_s = tl.where(theta > theta_max, sinh_theta_max / theta, sinhc) / s
+        ec = tl.exp(c)
+        kcosh = k * 0.5 * (ec + 1.0 / ec)
+        cols = tl.arange(0, BLOCK_R)
+        col_mask = cols < R
+        h = (g1_s * tl.load(a_ptr + row * R + cols, mask=col_mask, other=0.0)
+             + kcosh * tl.load(at_ptr + cols * AT_STRIDE, mask=col_mask, other=0.0))
+        t = tl.sqrt(tl.sum(h * h, axis=0) + K)
+        offsets = tl.arange(0, BLOCK)
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for start in range(0, D_OUT, BLOCK):
+            index = start + offsets
+            mask = index < D_OUT
+            y = (t * tl.load(bt_ptr + index * BT_STRIDE, mask=mask, other=0.0)
+                 + g1_s * tl.load(y_ptr + row * D_OUT + index, mask=mask, other=0.0)
+                 + kcosh * tl.load(v_ptr + index, mask=mask, other=0.0))
+            acc += y * y
+        g2, _ = _asinhc_and_prime(tl.sqrt(tl.maximum(tl.sum(acc, axis=0), 1e-30)) / k)
+        factor = scaling * g2
+        for start in range(0, D_OUT, BLOCK):
+            index = start + offsets
+            mask = index < D_OUT
+            y = (t * tl.load(bt_ptr + index * BT_STRIDE, mask=mask, other=0.0)
+                 + g1_s * tl.load(y_ptr + row * D_OUT + index, mask=mask, other=0.0)
+                 + kcosh * tl.load(v_ptr + index, mask=mask, other=0.0))
+            out = tl.load(out_ptr + row * D_OUT + index, mask=mask, other=0.0).to(tl.float32)
+            tl.store(out_ptr + row * D_OUT + index, (out + factor * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+
 @functools.lru_cache(maxsize=None)
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
@@ -638,3 +687,22 @@ def add_gated_(out, y, x, log_ratios, k0, s0, variant, scaling, theta_max) -> No
             out, y, x, log_ratios, x.shape[1], d_out, float(k0), float(s0), float(scaling), theta, sinh_theta,
             VARIANT=VARIANT_IDS[variant], BLOCK=1024,
         )
+
+
+def add_lorentz_full_(out, y_raw, x, a_raw, A, B, v, log_ratios, k0, s0, scaling, theta_max) -> None:
+    """The "lorentz-full" counterpart of `add_gated_`: ``out += scaling asinhc(|B P| / sqrt(K)) B P`` in place, per
+    row, from ``a_raw = x A_s^T`` (rows x r), ``y_raw = a_raw B_s^T`` (rows x d_out), ``v = B_s A[:, 0]`` (d_out) and
+    the weights' time columns ``A[:, 0]``, ``B[:, 0]`` (see `_add_lorentz_full_kernel`; all float32, ``out`` and
+    ``x`` any float dtype, rows contiguous)."""
+    rows, d_out = y_raw.shape
+    rank = a_raw.shape[1]
+    if rows:
+        _add_lorentz_full_kernel[(rows,)](
+            out, y_raw, x, a_raw, A, B, v, log_ratios, x.shape[1], d_out, rank, A.stride(0), B.stride(0), float(k0),
+            float(s0), float(scaling), float(theta_max), math.sinh(theta_max), BLOCK=1024,
+            BLOCK_R=_add_lorentz_full_block(rank),
+        )
+
+
+def _add_lorentz_full_block(rank: int) -> int:
+    return max(16, triton.next_power_of_2(rank))
