@@ -509,6 +509,13 @@ if triton is not None:
 
 
     @triton.jit
+    def _lorentz_full_y(y_ptr, bt_ptr, v_ptr, row, index, mask, D_OUT, BT_STRIDE, t, g1_s, kcosh):
+        """Entries ``index`` of ``y = t B[:, 0] + (g1 / s) B_s a + sqrt(K) cosh(c) B_s a_time`` for one token."""
+        return (t * tl.load(bt_ptr + index * BT_STRIDE, mask=mask, other=0.0)
+                + g1_s * tl.load(y_ptr + row * D_OUT + index, mask=mask, other=0.0)
+                + kcosh * tl.load(v_ptr + index, mask=mask, other=0.0))
+
+    @triton.jit
     def _add_lorentz_full_kernel(
         out_ptr, y_ptr, x_ptr, a_ptr, at_ptr, bt_ptr, v_ptr, log_ratios_ptr, D_IN, D_OUT, R, AT_STRIDE, BT_STRIDE,
         k0, s0, scaling, theta_max, sinh_theta_max, BLOCK: tl.constexpr, BLOCK_R: tl.constexpr,
@@ -539,19 +546,14 @@ if triton is not None:
         acc = tl.zeros([BLOCK], dtype=tl.float32)
         for start in range(0, D_OUT, BLOCK):
             index = start + offsets
-            mask = index < D_OUT
-            y = (t * tl.load(bt_ptr + index * BT_STRIDE, mask=mask, other=0.0)
-                 + g1_s * tl.load(y_ptr + row * D_OUT + index, mask=mask, other=0.0)
-                 + kcosh * tl.load(v_ptr + index, mask=mask, other=0.0))
+            y = _lorentz_full_y(y_ptr, bt_ptr, v_ptr, row, index, index < D_OUT, D_OUT, BT_STRIDE, t, g1_s, kcosh)
             acc += y * y
         g2, _ = _asinhc_and_prime(tl.sqrt(tl.maximum(tl.sum(acc, axis=0), 1e-30)) / k)
         factor = scaling * g2
         for start in range(0, D_OUT, BLOCK):
             index = start + offsets
             mask = index < D_OUT
-            y = (t * tl.load(bt_ptr + index * BT_STRIDE, mask=mask, other=0.0)
-                 + g1_s * tl.load(y_ptr + row * D_OUT + index, mask=mask, other=0.0)
-                 + kcosh * tl.load(v_ptr + index, mask=mask, other=0.0))
+            y = _lorentz_full_y(y_ptr, bt_ptr, v_ptr, row, index, mask, D_OUT, BT_STRIDE, t, g1_s, kcosh)
             out = tl.load(out_ptr + row * D_OUT + index, mask=mask, other=0.0).to(tl.float32)
             tl.store(out_ptr + row * D_OUT + index, (out + factor * y).to(out_ptr.dtype.element_ty), mask=mask)
 
