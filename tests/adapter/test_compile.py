@@ -37,9 +37,9 @@ def test_whole_model_compiles_without_graph_breaks(variant):
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-@pytest.mark.parametrize("compat", [None, "reference"])
-def test_fixed_curvature_and_scale_compile_without_keeping_graph_tensors(compat):
-    """With K and s fixed, the layer's 1-element constants are made inside the compiled graph, not cached: with
+@pytest.mark.parametrize("compat, learn_curvature", [(None, False), ("reference", False), (None, True)])
+def test_fixed_curvature_and_scale_compile_without_keeping_graph_tensors(compat, learn_curvature):
+    """With K or s fixed, the layer's constants are made inside the compiled graph, not cached: with
     CUDA graphs ("reduce-overhead") a cached tensor from the graph would be overwritten by the next replay (seen
     on an H200 as "accessing tensor output of CUDAGraphs that has been overwritten")."""
     from hyplora.adapter.layer import HypLoraLinear
@@ -47,7 +47,7 @@ def test_fixed_curvature_and_scale_compile_without_keeping_graph_tensors(compat)
     torch._dynamo.reset()
     model = peft.get_peft_model(make_tiny_llama(), HypLoraConfig(
         r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"], compat=compat,
-        learn_curvature=False, learn_feature_scale=False, init_lora_weights=False))
+        learn_curvature=learn_curvature, learn_feature_scale=False, init_lora_weights=False))
     ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(2))
     compiled_loss = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=ids, labels=ids).loss
     compiled_loss.backward()
