@@ -127,8 +127,8 @@ KERNEL_KINDS = [
     ("float32 GEMMs and split-K reductions",
      re.compile(r"sgemm|gemm_f32|splitKreduce_kernel<\d+, \d+, int, float, float"
                 r"|gemvx::kernel<int, int, float|dot_kernel<float")),
-    ("HypLoRA Triton kernels", re.compile(r"^_gate_forward_kernel|^_lorentz_full_forward_kernel|^_add_gated_kernel"
-                                         r"|^_gram_kernel|^_gate_backward_kernel|^_matmul_small_kernel")),
+    ("HypLoRA Triton kernels", re.compile(r"^_(gram|gate_forward|gate_backward|lorentz_full_forward"
+                                         r"|lorentz_full_backward|add_gated|add_lorentz_full|matmul_small)_kernel")),
     ("inductor fused kernels", re.compile(r"^triton_")),
     ("copies and memsets", re.compile(r"memcpy|Memcpy|Memset")),
 ]

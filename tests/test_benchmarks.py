@@ -136,3 +136,18 @@ def test_kernel_registers_compiles_every_launch_for_sm90_without_a_gpu(tmp_path)
     assert all(0 < r["registers"] <= 255 for r in rows)
     assert all(r["stack_bytes"] == 0 for r in rows if r["kernel"].startswith("_lorentz_full"))
     assert max(r["stack_bytes"] for r in rows) <= 512  # the first lorentz-full backward kernel had 5 KB
+
+
+def test_train_step_counts_every_hyplora_kernel_as_its_own():
+    """Each kernel `hyplora.adapter.kernels` launches lands in train_step's "HypLoRA Triton kernels" row."""
+    pytest.importorskip("triton")
+    from hyplora.adapter import kernels
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from train_step import kernel_kind
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    names = {name for name, _, _ in kernels.launch_configs(32)}
+    assert names and all(kernel_kind(name) == "HypLoRA Triton kernels" for name in names)
+    assert kernel_kind("triton_poi_fused_add_0") == "inductor fused kernels"
