@@ -62,13 +62,22 @@ def check(variant: str, device: torch.device, compiled: bool = False) -> dict[st
         errors[f"grad {name}"] = relative_error(g, c)
     with torch.no_grad():  # the inference path (decoding): no Gram matrix off the Triton path
         errors["no-grad output"] = relative_error(fast(*on_device), cpu[0])
-        # the eager no-grad layer's path on a GPU: two matmuls and one Triton kernel adding into the output
+        # the eager no-grad layer's paths on a GPU: more than kernels.FUSED_MAX_ROWS tokens, two matmuls and one
+        # Triton kernel adding into the output; up to it (here d_in + 2 d_out <= FUSED_MAX_WIDTH), one kernel for
+        # all (1 token: an eager decoding step)
         out = torch.zeros(tokens, d_out, device=device)
         x_bf16, A_dev, B_dev, K_dev, s_dev = x.to(device), *on_device[1:]
         if not compiled and variant != "reference" and Fn.adds_in_place(out, variant, x_bf16, A_dev):
             log_ratios = torch.cat([K_dev.reshape(1).log(), s_dev.reshape(1).log()])
+            assert not kernels.fuses(tokens, d_in, d_out)
             Fn.add_gated_branch_(out, variant, x_bf16, A_dev, B_dev, log_ratios, 1.0, 1.0, 4.0, 12.0)
             errors["in-place no-grad"] = relative_error(out, cpu[0])
+            for rows in (1, 200):
+                assert kernels.fuses(rows, d_in, d_out)
+                part = torch.zeros(rows, d_out, device=device)
+                # the last rows: the largest inputs, past the series cut-offs and the radius cap
+                Fn.add_gated_branch_(part, variant, x_bf16[-rows:], A_dev, B_dev, log_ratios, 1.0, 1.0, 4.0, 12.0)
+                errors[f"one kernel, {rows} rows"] = relative_error(part, cpu[0][-rows:])
     return errors
 
 

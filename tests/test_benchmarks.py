@@ -61,6 +61,26 @@ def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
                for entry in rows["hyplora-lorentz"]["host_profile"])
 
 
+@pytest.mark.slow
+def test_prefill_smoke_run_times_each_method_under_each_fused_setting(tmp_path):
+    out = tmp_path / "prefill.json"
+    run_script("prefill.py", "--tiny", "--model", "smollm2", "--methods", "lora,hyplora-lorentz",
+               "--batch-sizes", "1", "--fused-max-rows", "256,0", "--host-profile", "--json", str(out))
+    rows = json.loads(out.read_text())["cases"][0]["rows"]
+    assert [(r["method"], r["fused_max_rows"]) for r in rows] == [
+        ("lora", None), ("hyplora-lorentz", 256), ("hyplora-lorentz", 0)]
+    lora = rows[0]
+    assert lora["ratio_to_lora"] == 1.0 and len(lora["forward_s"]) == len(rows[1]["forward_s"]) == 3
+    for row in rows[1:]:
+        assert row["ratio_to_lora"] == pytest.approx(row["forward_s_median"] / lora["forward_s_median"])
+        assert row["extra_us_per_layer"] == pytest.approx(
+            (row["forward_s_median"] - lora["forward_s_median"]) * 1e6 / row["adapted_layers"])
+        assert all(h <= t for h, t in zip(row["host_s"], row["forward_s"]))  # returned before it synchronized
+        assert row["host_profile"] and row["host_profile"][0]["own_us"] > 0
+    with pytest.raises(AssertionError, match="fused-max-rows"):
+        run_script("prefill.py", "--tiny", "--fused-max-rows", "many")
+
+
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
     """A GPU-side user annotation (``Optimizer.step#AdamW.step``) spans its kernels and the idle gaps between
     them; counted as busy time it would double-count the optimizer."""
@@ -134,7 +154,7 @@ def test_kernel_registers_compiles_every_launch_for_sm90_without_a_gpu(tmp_path)
     rows = json.loads(out.read_text())["rows"]
     assert [(r["kernel"], r["constants"]) for r in rows] == [(k, c) for k, c, _ in kernels.launch_configs(32)]
     assert all(0 < r["registers"] <= 255 for r in rows)
-    assert all(r["stack_bytes"] == 0 for r in rows if r["kernel"].startswith("_lorentz_full"))
+    assert all(r["stack_bytes"] == 0 for r in rows if r["kernel"].startswith(("_lorentz_full", "_add_fused")))
     assert max(r["stack_bytes"] for r in rows) <= 512  # the first lorentz-full backward kernel had 5 KB
 
 

@@ -137,9 +137,19 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(40, 32, 24, 8), (3, 2500, 1100, 5)])  # rows, d_in, d_out, rank (> one block)
-def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, variant, out_dtype, shape):
+# rows, d_in, d_out, rank: longer than a block, rows that do not fill a block of tokens, ranks past a power of 2
+@pytest.mark.parametrize("shape", [(40, 32, 24, 8), (3, 2500, 1100, 5), (37, 130, 70, 33)])
+@pytest.mark.parametrize("one_kernel", [True, False], ids=["one-kernel", "matmuls-and-kernel"])
+def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, monkeypatch, variant, out_dtype,
+                                                                    shape, one_kernel):
     rows, d_in, d_out, rank = shape
+    monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", rows if one_kernel else rows - 1)
+    assert kernels.fuses(rows, d_in, d_out) == one_kernel
+    launched = []
+    for name in ("add_fused_", "add_gated_", "add_lorentz_full_"):
+        original = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _name=name, _original=original, **k: launched.append(_name)
+                            or _original(*a, **k))
     x, A, B, log_ratios = _inputs(rows, d_in, d_out, rank, 1.0, dtype=torch.bfloat16, variant=variant)
     x = (x.float() * torch.logspace(-3, 1, rows, device=DEVICE)[:, None]).to(torch.bfloat16)  # series to past caps
     k0, s0, scaling, theta_max = 1.3, math.sqrt(d_in) / 4, 2.0, 6.0
@@ -148,6 +158,8 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
     with torch.no_grad():
         assert Fn.adds_in_place(out, variant, x, A)
         Fn.add_gated_branch_(out, variant, x, A, B, log_ratios, k0, s0, scaling, theta_max)
+    assert launched == (["add_fused_"] if one_kernel else
+                        ["add_lorentz_full_" if variant == "lorentz-full" else "add_gated_"])
     K, s = k0 * torch.exp(log_ratios[0:1].double()), s0 * torch.exp(log_ratios[1:2].double())
     literal = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K, s, scaling, theta_max)
     if out_dtype == torch.float32:
@@ -157,6 +169,14 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
         ulp = expected.abs() * 2.0**-7
         assert ((out.double() - expected).abs() <= ulp + 1e-30).all()
         assert not torch.equal(out, base)
+
+
+def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch):
+    monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", 64)
+    monkeypatch.setattr(kernels, "FUSED_MAX_WIDTH", 1000)
+    assert kernels.fuses(64, 500, 250) and kernels.fuses(1, 10, 10)
+    assert not kernels.fuses(65, 500, 250)  # too many tokens
+    assert not kernels.fuses(1, 500, 251)  # too wide: each program reads d_in + 2 d_out weight rows
 
 
 def test_in_place_branch_applies_only_without_autograd_and_outside_its_limits(interpreted):

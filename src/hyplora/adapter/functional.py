@@ -570,15 +570,19 @@ def add_gated_branch_(
 ) -> None:
     """``out += gated_branch(...)`` in place, without autograd (where `adds_in_place` says so).
 
-    LoRA's two matmuls give ``y = B A x`` (float32), and one Triton kernel takes ``|x|`` and ``|y|``, the gate,
-    and adds ``(scaling G / s) y`` to ``out``, rounding once to its dtype. This is the eager no-grad path (a
-    prefill, eager decoding), where every launch costs host time: it replaces the Gram matrix, the rank-space
-    kernel, the norm of x and the separate sum into ``out``.
+    This is the eager no-grad path (a prefill, eager decoding), where every launch costs host time. For few
+    tokens and layers not too wide (`kernels.fuses`), one Triton kernel does everything (`kernels.add_fused_`).
+    Otherwise LoRA's two matmuls give ``y = B A x`` (float32), and one Triton kernel takes ``|x|`` and ``|y|``,
+    the gate, and adds ``(scaling G / s) y`` to ``out``, rounding once to its dtype. Either replaces the Gram
+    matrix, the rank-space kernel, the norm of x and the separate sum into ``out`` of the training path.
     """
     x2 = x.reshape(-1, x.shape[-1])
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     out2 = out.view(-1, out.shape[-1])
+    if kernels.fuses(x2.shape[0], x2.shape[1], out2.shape[1]):  # few tokens: one launch in all, where host time per launch decides
+        kernels.add_fused_(out2, x2, A.contiguous(), B.contiguous(), log_ratios, k0, s0, variant, scaling, theta_max)
+        return
     if variant == "lorentz-full":
         # y = B P splits into LoRA's two matmuls on the space coordinates, B's time column and B_s A[:, 0]
         # (`kernels.add_lorentz_full_`): no Gram matrix and no rank-space kernel, one launch more than "lorentz"

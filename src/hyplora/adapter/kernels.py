@@ -19,6 +19,8 @@ instead.
 Without autograd (a prefill, eager decoding) there is no backward to feed, and the cheapest order is LoRA's:
 ``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
 adds ``scaling G y / s`` into the base layer's output in place. That is four launches per layer instead of seven.
+For up to `FUSED_MAX_ROWS` tokens, where the host's time per launch decides, one kernel (`add_fused_`) does it
+all, the cast of x and both matmuls included.
 
 The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` with ``log_ratios = (rho_k,
 rho_s)`` (the layer's parameterisation) and are formed inside the kernel, which saves four scalar launches per
@@ -121,6 +123,9 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
         configs.append(("_lorentz_full_forward_kernel", {"WITH_COEF": with_coef, "BLOCK_T": full_t, "BLOCK_R": full_r},
                         full_warps))
     configs.append(("_add_lorentz_full_kernel", {"BLOCK": 1024, "BLOCK_R": _add_lorentz_full_block(rank)}, 4))
+    fused, fused_warps = _fused_blocks(rank)
+    for variant, time in ((0, 0), (1, 0), (2, 1)):
+        configs.append(("_add_fused_kernel", {"VARIANT": variant, "TIME": time, **fused}, fused_warps))
     configs += [
         ("_gate_backward_kernel", {"BLOCK_T": block_t, "BLOCK_R": block_r}, warps),
         ("_lorentz_full_backward_kernel", *_full_backward_config(rank)),
@@ -232,7 +237,7 @@ if triton is not None:
             rows = start + tl.arange(0, BLOCK_N)
             mask = (rows[:, None] < last) & col_mask[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * R + cols[None, :], mask=mask, other=0.0)
-            acc += tl.dot(tl.trans(x), x, input_precision="ieee")
+            acc += tl.dot(tl.trans(x), x, input_precision="tf32x3")
         tl.atomic_add(out_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
                       sem="relaxed")
 
@@ -269,7 +274,7 @@ if triton is not None:
             tl.store(w_ptr + rows, qa * tl.load(base + 2, mask=row_mask, other=0.0), mask=row_mask)
             acc_k += qa * tl.load(base + 3, mask=row_mask, other=0.0)
             acc_s += qa * tl.load(base + 4, mask=row_mask, other=0.0)
-            acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
+            acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="tf32x3")
         tl.atomic_add(m_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
                       sem="relaxed")
         tl.atomic_add(rho_ptr, tl.sum(acc_k, axis=0), sem="relaxed")
@@ -343,7 +348,7 @@ if triton is not None:
             bt = beta * t
             acc_tt += bt * t
             acc_th += tl.sum(bt[:, None] * h, axis=0)
-            acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="ieee")
+            acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="tf32x3")
         # M = [[sum beta t^2, sum beta t h^T], [sum beta t h, sum beta h h^T]] as an (R + 1) x (R + 1) matrix
         tl.atomic_add(m_ptr, tl.sum(acc_tt, axis=0), sem="relaxed")
         tl.atomic_add(m_ptr + 1 + cols, acc_th, mask=col_mask, sem="relaxed")
@@ -367,7 +372,7 @@ if triton is not None:
         b = tl.load(b_ptr + tile, mask=mask, other=0.0)
         m = tl.load(m_ptr + cols[:, None] * R + cols[None, :], mask=(cols[:, None] < R) & (cols[None, :] < R),
                     other=0.0)
-        tl.store(out_ptr + tile, tl.dot(b, m, input_precision="ieee"), mask=mask)
+        tl.store(out_ptr + tile, tl.dot(b, m, input_precision="tf32x3"), mask=mask)
         tl.debug_barrier()
         total = tl.load(out_ptr + tile, mask=mask, other=0.0) + tl.load(c_ptr + tile, mask=mask, other=0.0)
         tl.store(out_ptr + tile, total, mask=mask)
@@ -389,7 +394,7 @@ if triton is not None:
         a_raw = tl.load(a_ptr + tile, mask=mask, other=0.0)
         gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
                        other=0.0)
-        gram_a = tl.dot(a_raw, gram, input_precision="ieee")  # a (B^T B): for |B a| here, and for the backward
+        gram_a = tl.dot(a_raw, gram, input_precision="tf32x3")  # a (B^T B): for |B a| here, and for the backward
         m = tl.sqrt(tl.maximum(tl.sum(a_raw * gram_a, axis=1), 1e-30)) / s
         n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
         G, dG_dn, dG_dm, dG_dK = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
@@ -442,7 +447,7 @@ if triton is not None:
         t = tl.sqrt(tl.sum(h * h, axis=1) + K)
         P = h + tl.where(cols[None, :] == 0, t[:, None], 0.0)
         gram = tl.load(gram_ptr + cols[:, None] * R1 + cols[None, :], mask=in_p[:, None] & in_p[None, :], other=0.0)
-        GP = tl.dot(P, gram, input_precision="ieee")
+        GP = tl.dot(P, gram, input_precision="tf32x3")
         m = tl.sqrt(tl.maximum(tl.sum(P * GP, axis=1), 1e-30))
         z = m / k
         g2, g2_prime = _asinhc_and_prime(z)
@@ -556,6 +561,82 @@ if triton is not None:
             y = _lorentz_full_y(y_ptr, bt_ptr, v_ptr, row, index, mask, D_OUT, BT_STRIDE, t, g1_s, kcosh)
             out = tl.load(out_ptr + row * D_OUT + index, mask=mask, other=0.0).to(tl.float32)
             tl.store(out_ptr + row * D_OUT + index, (out + factor * y).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _fused_y_tile(z, b_ptr, rows_n, n_mask, ranks, r_mask, B_STRIDE, t, TIME: tl.constexpr):
+        """Columns ``rows_n`` of ``y = z B_s^T`` (plus ``t B[:, 0]`` for "lorentz-full", ``TIME = 1``) for a block
+        of tokens; B_s is B after its ``TIME`` time columns."""
+        b = tl.load(b_ptr + TIME + rows_n[:, None] * B_STRIDE + ranks[None, :],
+                    mask=n_mask[:, None] & r_mask[None, :], other=0.0)
+        y = tl.dot(z, tl.trans(b), input_precision="tf32x3")
+        if TIME:
+            y += t[:, None] * tl.load(b_ptr + rows_n * B_STRIDE, mask=n_mask, other=0.0)[None, :]
+        return y
+
+    @triton.jit
+    def _add_fused_kernel(
+        out_ptr, x_ptr, a_ptr, b_ptr, log_ratios_ptr, ROWS, D_IN, D_OUT, R, A_STRIDE, B_STRIDE, k0, s0, scaling,
+        theta_max, sinh_theta_max, VARIANT: tl.constexpr, TIME: tl.constexpr, BLOCK_T: tl.constexpr,
+        BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+    ):
+        """A block of tokens per program, the whole no-grad branch in one launch: ``out += branch(x)``.
+
+        Pass 1 forms ``a = x A_s^T`` and ``|x|`` (x in its own dtype, A in float32, products in float32); pass 2
+        forms ``y = B a`` a tile at a time for ``|y|``; pass 3 forms the tiles again and adds ``factor y`` into
+        ``out``. "lorentz" and "stereographic": ``factor = scaling G(|x| / s, |y| / s) / s``. "lorentz-full"
+        (VARIANT 2, TIME 1: A and B carry time columns 0): ``a`` becomes the point's space part ``h = (g1 / s) a +
+        sqrt(K) cosh(c) A[:, 0]``, ``y = t B[:, 0] + B_s h`` with ``t = sqrt(K + |h|^2)``, and ``factor = scaling
+        asinhc(|y| / sqrt(K))``. B is read twice instead of storing y: for the few tokens of a prefill or an
+        eager decoding step, launches cost more than the reads."""
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_mask = rows < ROWS
+        ranks = tl.arange(0, BLOCK_R)
+        r_mask = ranks < R
+        a = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+        squared_x = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for start in range(0, D_IN, BLOCK_K):
+            cols = start + tl.arange(0, BLOCK_K)
+            col_mask = cols < D_IN
+            x = tl.load(x_ptr + rows[:, None] * D_IN + cols[None, :], mask=row_mask[:, None] & col_mask[None, :],
+                        other=0.0).to(tl.float32)
+            squared_x += tl.sum(x * x, axis=1)
+            weight = tl.load(a_ptr + TIME + ranks[:, None] * A_STRIDE + cols[None, :],
+                             mask=r_mask[:, None] & col_mask[None, :], other=0.0)
+            a = tl.dot(x, tl.trans(weight), a, input_precision="tf32x3")
+        K = k0 * tl.exp(tl.load(log_ratios_ptr))
+        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
+        sqrt_k = tl.sqrt(K)
+        t = tl.zeros([BLOCK_T], dtype=tl.float32)
+        if TIME:
+            theta = tl.maximum(tl.sqrt(squared_x) / s, 1e-30) / sqrt_k
+            c = tl.minimum(theta, theta_max)
+            sinhc, _ = _sinhc_and_prime(c)
+            g1_s = tl.where(theta > theta_max, sinh_theta_max / theta, sinhc) / s
+            ec = tl.exp(c)
+            kcosh = sqrt_k * 0.5 * (ec + 1.0 / ec)
+            a_time = tl.load(a_ptr + ranks * A_STRIDE, mask=r_mask, other=0.0)
+            a = g1_s[:, None] * a + kcosh[:, None] * a_time[None, :]
+            t = tl.sqrt(tl.sum(a * a, axis=1) + K)
+        squared_y = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for start in range(0, D_OUT, BLOCK_N):
+            rows_n = start + tl.arange(0, BLOCK_N)
+            y = _fused_y_tile(a, b_ptr, rows_n, rows_n < D_OUT, ranks, r_mask, B_STRIDE, t, TIME)
+            squared_y += tl.sum(y * y, axis=1)
+        norm_y = tl.sqrt(tl.maximum(squared_y, 1e-30))
+        if TIME:
+            g2, _ = _asinhc_and_prime(norm_y / sqrt_k)
+            factor = scaling * g2
+        else:
+            G, _, _, _ = _gates(tl.sqrt(squared_x) / s, norm_y / s, K, theta_max, sinh_theta_max, VARIANT)
+            factor = scaling * G / s
+        for start in range(0, D_OUT, BLOCK_N):
+            rows_n = start + tl.arange(0, BLOCK_N)
+            n_mask = rows_n < D_OUT
+            y = _fused_y_tile(a, b_ptr, rows_n, n_mask, ranks, r_mask, B_STRIDE, t, TIME)
+            pointers = out_ptr + rows[:, None] * D_OUT + rows_n[None, :]
+            mask = row_mask[:, None] & n_mask[None, :]
+            out = tl.load(pointers, mask=mask, other=0.0).to(tl.float32)
+            tl.store(pointers, (out + factor[:, None] * y).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -708,3 +789,45 @@ def add_lorentz_full_(out, y_raw, x, a_raw, A, B, v, log_ratios, k0, s0, scaling
 
 def _add_lorentz_full_block(rank: int) -> int:
     return max(16, triton.next_power_of_2(rank))
+
+
+# Up to FUSED_MAX_ROWS tokens, and for layers with d_in + 2 d_out <= FUSED_MAX_WIDTH, the eager no-grad branch is
+# one launch of `_add_fused_kernel` (a prefill at batch 1, an eager decoding step); otherwise LoRA's two cuBLAS
+# matmuls and one `add_gated_`/`add_lorentz_full_` launch. Each program of the one kernel reads all of A and twice
+# all of B, one tile after another, so its GPU time grows with the width, while the launches it saves cost host
+# time (benchmarks/no_grad_branch.py times both paths per layer shape, benchmarks/prefill.py whole models).
+FUSED_MAX_ROWS = 256
+FUSED_MAX_WIDTH = 16384
+
+
+def _fused_blocks(rank: int) -> tuple[dict, int]:
+    """Blocks and warps of `_add_fused_kernel` for adapters of this rank (space rank for "lorentz-full")."""
+    block_r = max(16, triton.next_power_of_2(rank))
+    width_k, width_n = {16: (64, 128), 32: (64, 128), 64: (64, 64)}.get(block_r, (32, 32))
+    return {"BLOCK_T": 16, "BLOCK_K": width_k, "BLOCK_N": width_n, "BLOCK_R": block_r}, 8
+
+
+def fuses(rows: int, d_in: int, d_out: int) -> bool:
+    """Whether `add_fused_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer (see
+    `FUSED_MAX_ROWS`)."""
+    return rows <= FUSED_MAX_ROWS and d_in + 2 * d_out <= FUSED_MAX_WIDTH
+
+
+def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max) -> None:
+    """``out += branch(x)`` in place by one kernel: no cast of x, no matmul launches (`_add_fused_kernel`).
+
+    ``out`` (rows x d_out) and ``x`` (rows x d_in) have contiguous rows, any float dtype; ``A``, ``B`` and
+    ``log_ratios`` are float32 with contiguous rows (A (r, d_in) and B (d_out, r), each with a leading time
+    column for "lorentz-full")."""
+    rows, d_in = x.shape
+    if variant == "lorentz-full":
+        theta, sinh_theta = float(theta_max), math.sinh(theta_max)
+    else:
+        theta, sinh_theta = _variant_constants(variant, theta_max)
+    blocks, warps = _fused_blocks(A.shape[0])
+    if rows:
+        _add_fused_kernel[(triton.cdiv(rows, blocks["BLOCK_T"]),)](
+            out, x, A, B, log_ratios, rows, d_in, out.shape[1], A.shape[0], A.stride(0), B.stride(0), float(k0),
+            float(s0), float(scaling), theta, sinh_theta, VARIANT=VARIANT_IDS[variant],
+            TIME=int(variant == "lorentz-full"), num_warps=warps, **blocks,
+        )
