@@ -229,8 +229,9 @@ class HypLoraLinear(nn.Module, LoraLayer):
             return branch(x, A, B, K, s, scaling, settings["max_radius"])
 
     def _add_branch_in_place(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> bool:
-        """Without autograd, on the Triton path: ``result += scaling * branch(dropout(x))`` by LoRA's two matmuls
-        and one kernel (`functional.add_gated_branch_`). False, doing nothing, where that does not apply."""
+        """Without autograd, on the Triton path: ``result += scaling * branch(dropout(x))`` by one kernel for few
+        tokens, else LoRA's two matmuls and one kernel (`functional.add_gated_branch_`). False, doing nothing, where
+        that does not apply."""
         settings = self.hyplora_settings[adapter_name]
         A = self.lora_A[adapter_name].weight
         if settings["compat"] is not None or not Fn.adds_in_place(result, settings["variant"], x, A):
