@@ -237,7 +237,7 @@ if triton is not None:
             rows = start + tl.arange(0, BLOCK_N)
             mask = (rows[:, None] < last) & col_mask[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * R + cols[None, :], mask=mask, other=0.0)
-            acc += tl.dot(tl.trans(x), x, input_precision="tf32x3")
+            acc += tl.dot(tl.trans(x), x, input_precision="ieee")
         tl.atomic_add(out_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
                       sem="relaxed")
 
@@ -274,7 +274,7 @@ if triton is not None:
             tl.store(w_ptr + rows, qa * tl.load(base + 2, mask=row_mask, other=0.0), mask=row_mask)
             acc_k += qa * tl.load(base + 3, mask=row_mask, other=0.0)
             acc_s += qa * tl.load(base + 4, mask=row_mask, other=0.0)
-            acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="tf32x3")
+            acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
         tl.atomic_add(m_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
                       sem="relaxed")
         tl.atomic_add(rho_ptr, tl.sum(acc_k, axis=0), sem="relaxed")
@@ -348,7 +348,7 @@ if triton is not None:
             bt = beta * t
             acc_tt += bt * t
             acc_th += tl.sum(bt[:, None] * h, axis=0)
-            acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="tf32x3")
+            acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="ieee")
         # M = [[sum beta t^2, sum beta t h^T], [sum beta t h, sum beta h h^T]] as an (R + 1) x (R + 1) matrix
         tl.atomic_add(m_ptr, tl.sum(acc_tt, axis=0), sem="relaxed")
         tl.atomic_add(m_ptr + 1 + cols, acc_th, mask=col_mask, sem="relaxed")
@@ -372,7 +372,7 @@ if triton is not None:
         b = tl.load(b_ptr + tile, mask=mask, other=0.0)
         m = tl.load(m_ptr + cols[:, None] * R + cols[None, :], mask=(cols[:, None] < R) & (cols[None, :] < R),
                     other=0.0)
-        tl.store(out_ptr + tile, tl.dot(b, m, input_precision="tf32x3"), mask=mask)
+        tl.store(out_ptr + tile, tl.dot(b, m, input_precision="ieee"), mask=mask)
         tl.debug_barrier()
         total = tl.load(out_ptr + tile, mask=mask, other=0.0) + tl.load(c_ptr + tile, mask=mask, other=0.0)
         tl.store(out_ptr + tile, total, mask=mask)
@@ -394,7 +394,7 @@ if triton is not None:
         a_raw = tl.load(a_ptr + tile, mask=mask, other=0.0)
         gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
                        other=0.0)
-        gram_a = tl.dot(a_raw, gram, input_precision="tf32x3")  # a (B^T B): for |B a| here, and for the backward
+        gram_a = tl.dot(a_raw, gram, input_precision="ieee")  # a (B^T B): for |B a| here, and for the backward
         m = tl.sqrt(tl.maximum(tl.sum(a_raw * gram_a, axis=1), 1e-30)) / s
         n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
         G, dG_dn, dG_dm, dG_dK = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
@@ -447,7 +447,7 @@ if triton is not None:
         t = tl.sqrt(tl.sum(h * h, axis=1) + K)
         P = h + tl.where(cols[None, :] == 0, t[:, None], 0.0)
         gram = tl.load(gram_ptr + cols[:, None] * R1 + cols[None, :], mask=in_p[:, None] & in_p[None, :], other=0.0)
-        GP = tl.dot(P, gram, input_precision="tf32x3")
+        GP = tl.dot(P, gram, input_precision="ieee")
         m = tl.sqrt(tl.maximum(tl.sum(P * GP, axis=1), 1e-30))
         z = m / k
         g2, g2_prime = _asinhc_and_prime(z)
@@ -587,7 +587,9 @@ if triton is not None:
         (VARIANT 2, TIME 1: A and B carry time columns 0): ``a`` becomes the point's space part ``h = (g1 / s) a +
         sqrt(K) cosh(c) A[:, 0]``, ``y = t B[:, 0] + B_s h`` with ``t = sqrt(K + |h|^2)``, and ``factor = scaling
         asinhc(|y| / sqrt(K))``. B is read twice instead of storing y: for the few tokens of a prefill or an
-        eager decoding step, launches cost more than the reads."""
+        eager decoding step, launches cost more than the reads. The products are "tf32x3" (three TF32
+        tensor-core products per float32 product, accurate to float32): with exact float32 products ("ieee",
+        as the other kernels use) this kernel's GPU time was several times larger (benchmarks/RESULTS.md)."""
         rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
         row_mask = rows < ROWS
         ranks = tl.arange(0, BLOCK_R)
