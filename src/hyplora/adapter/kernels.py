@@ -19,8 +19,8 @@ instead.
 Without autograd (a prefill, eager decoding) there is no backward to feed, and the cheapest order is LoRA's:
 ``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
 adds ``scaling G y / s`` into the base layer's output in place. That is four launches per layer instead of seven.
-For up to `FUSED_MAX_ROWS` tokens, where the host's time per launch decides, one kernel (`add_fused_`) does it
-all, the cast of x and both matmuls included.
+For up to `FUSED_MAX_ROWS` tokens, where the host's time per launch decides, and layers not wider than
+`FUSED_MAX_WIDTH`, one kernel (`add_fused_`) does it all, the cast of x and both matmuls included.
 
 The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` with ``log_ratios = (rho_k,
 rho_s)`` (the layer's parameterisation) and are formed inside the kernel, which saves four scalar launches per
@@ -811,7 +811,7 @@ def _fused_blocks(rank: int) -> tuple[dict, int]:
 
 def fuses(rows: int, d_in: int, d_out: int) -> bool:
     """Whether `add_fused_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer (see
-    `FUSED_MAX_ROWS`)."""
+    `FUSED_MAX_ROWS` and `FUSED_MAX_WIDTH`)."""
     return rows <= FUSED_MAX_ROWS and d_in + 2 * d_out <= FUSED_MAX_WIDTH
 
 
