@@ -7,17 +7,24 @@ benchmarks) with inductor and counts the calls in the generated code: kernels ge
 GPU, C++ on a CPU) and library calls (cuBLAS/BLAS products and hyplora's opaque operations). On a CPU the counts
 show the structure in seconds; on a GPU cuBLAS may split a product into two kernels, which this does not see.
 
+With --decoding it compiles instead one whole decoder layer of a benchmark model's shape (``decode.py``'s random
+weights, adapters on q, k, v, up, down) for a no-grad forward of --tokens tokens, the work of a decoding
+step: there a kernel that LoRA fuses into its neighbours (the add of its branch into the base output) can stand
+alone for HypLoRA, and --dump writes each method's generated code for reading.
+
     python benchmarks/compiled_kernels.py                # CPU
     python benchmarks/compiled_kernels.py --device cuda
+    python benchmarks/compiled_kernels.py --device cuda --decoding smollm2 --tokens 1 --rank 32 --dump DIR
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 import torch
-from _common import adapter_config, compile_models_independently
+from _common import MODEL_SHAPES, adapter_config, compile_models_independently, llama_model
 
 METHODS = ["lora", "hyplora-lorentz", "hyplora-stereographic", "hyplora-lorentz-full"]
 GENERATED = re.compile(r"^\s+(?:cpp_fused_\w+\(|\w+\.run\()", re.M)  # C++ kernels; Triton kernels (``.run(``)
@@ -58,15 +65,55 @@ def count(method: str, args, device) -> dict:
     return result
 
 
+def count_decoding(method: str, args, device) -> dict:
+    """Kernels of one compiled decoder layer's no-grad forward (`--decoding`); the generated code goes to
+    ``--dump`` when given."""
+    import peft
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    base = llama_model({**MODEL_SHAPES[args.decoding], "num_hidden_layers": 1}, device, torch.bfloat16)
+    torch.manual_seed(1)
+    model = base.eval() if method == "base" else peft.get_peft_model(base, adapter_config(method, args.rank)).eval()
+    compiled = torch.compile(model, fullgraph=True)
+    ids = torch.randint(1, base.config.vocab_size, (1, args.tokens), device=device)
+
+    def step():
+        with torch.no_grad():
+            compiled(input_ids=ids, use_cache=False, logits_to_keep=1)
+
+    _, codes = run_and_get_code(step)
+    if len(codes) != 1:
+        raise RuntimeError(f"{method}: expected one graph, got {len(codes)}")
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
+        with open(os.path.join(args.dump, f"{args.decoding}-{method}.py"), "w", encoding="utf-8") as handle:
+            handle.write(codes[0])
+    body = codes[0][codes[0].index("def call("):]
+    return {"generated": len(GENERATED.findall(body)), "library": len(LIBRARY.findall(body))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--decoding", choices=sorted(MODEL_SHAPES),
+                        help="compile one no-grad decoder layer of this model's shape instead of one linear layer")
+    parser.add_argument("--dump", help="with --decoding: write each method's generated code to this folder")
     args = parser.parse_args()
     compile_models_independently(64)
     device = torch.device(args.device)
+    if args.decoding:
+        print(f"torch {torch.__version__}, {device}; one {args.decoding} decoder layer, no-grad forward, "
+              f"{args.tokens} tokens, r = {args.rank}")
+        print("| method | generated | library | total |\n|---|---:|---:|---:|")
+        for method in ["base", *METHODS]:
+            counts = count_decoding(method, args, device)
+            print(f"| {method} | {counts['generated']} | {counts['library']} | "
+                  f"{counts['generated'] + counts['library']} |", flush=True)
+        return
     print(f"torch {torch.__version__}, {device}; one adapted {args.width} x {args.width} layer, {args.tokens} "
           f"tokens, r = {args.rank}")
     print("| method | forward: generated + library | backward: generated + library | total |")

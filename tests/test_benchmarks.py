@@ -81,6 +81,20 @@ def test_prefill_smoke_run_times_each_method_under_each_fused_setting(tmp_path):
         run_script("prefill.py", "--tiny", "--fused-max-rows", "many")
 
 
+@pytest.mark.slow
+def test_compiled_decoder_layer_no_grad_uses_loras_matmuls_and_no_opaque_operation(tmp_path):
+    """One compiled SmolLM2-shaped decoder layer, no-grad, 1 token (a decoding step): the HypLoRA branch is LoRA's
+    two matmuls per adapted layer plus inductor's own kernels, never one of hyplora's opaque operations."""
+    run_script("compiled_kernels.py", "--decoding", "smollm2", "--tokens", "1", "--rank", "8", "--dump", str(tmp_path))
+    codes = {path.stem.removeprefix("smollm2-"): path.read_text() for path in tmp_path.glob("smollm2-*.py")}
+    assert set(codes) == {"base", "lora", "hyplora-lorentz", "hyplora-stereographic", "hyplora-lorentz-full"}
+    matmuls = {method: code.count("extern_kernels.mm(") for method, code in codes.items()}
+    assert matmuls["lora"] == matmuls["base"] + 2 * 5  # q, k, v, up, down
+    for method in ("hyplora-lorentz", "hyplora-stereographic", "hyplora-lorentz-full"):
+        assert matmuls[method] == matmuls["lora"]
+        assert "torch.ops.hyplora" not in codes[method]
+
+
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
     """A GPU-side user annotation (``Optimizer.step#AdamW.step``) spans its kernels and the idle gaps between
     them; counted as busy time it would double-count the optimizer."""
