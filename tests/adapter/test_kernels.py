@@ -171,6 +171,39 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
         assert not torch.equal(out, base)
 
 
+def test_launches_run_on_the_device_of_their_tensors(monkeypatch):
+    """Triton launches on the current CUDA device: a layer on another GPU (a model split with device_map) must
+    switch to its own device for the launch, and a layer on the current one must not pay for a switch."""
+    entered = []
+
+    class FakeDeviceGuard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            return False
+
+    class FakeTensor:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device", FakeDeviceGuard)
+    launched = []
+    launch = kernels._on_tensor_device(lambda out, *rest: launched.append(out.device))
+    launch(FakeTensor("cuda:1"), 2)
+    assert entered == [torch.device("cuda:1")] and launched == [torch.device("cuda:1")]
+    launch(FakeTensor("cuda:0"))
+    launch(FakeTensor("cpu"))  # Triton's interpreter (tests)
+    assert len(entered) == 1 and len(launched) == 3
+    assert all(getattr(kernels, name).__wrapped__ for name in (
+        "gram_matrix", "gate_forward", "gate_backward", "lorentz_full_forward", "lorentz_full_backward",
+        "add_gated_", "add_lorentz_full_", "add_fused_"))
+
+
 def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch):
     monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", 64)
     monkeypatch.setattr(kernels, "FUSED_MAX_WIDTH", 1000)

@@ -641,6 +641,22 @@ if triton is not None:
             tl.store(pointers, (out + factor[:, None] * y).to(out_ptr.dtype.element_ty), mask=mask)
 
 
+def _on_tensor_device(launch):
+    """Run a launch function on the CUDA device of its first argument.
+
+    Triton launches on the current CUDA device and its stream. A layer on another GPU (a model split across GPUs
+    with ``device_map``) would otherwise run its kernels on the wrong device, unordered with its inputs."""
+    @functools.wraps(launch)
+    def on_device(*args, **kwargs):
+        device = args[0].device
+        if device.type == "cuda" and device.index != torch.cuda.current_device():
+            with torch.cuda.device(device):
+                return launch(*args, **kwargs)
+        return launch(*args, **kwargs)
+
+    return on_device
+
+
 @functools.lru_cache(maxsize=None)
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
@@ -658,6 +674,7 @@ def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
     return triton.cdiv(max(rows, 1), per_slab), per_slab
 
 
+@_on_tensor_device
 def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     """``W^T W`` (r x r) of a contiguous float32 (n x r) ``weight`` in one launch: slabs of at least 128 rows, at
     most 128 of them (about one per SM), each adding its product atomically (no split-K reduction kernel; the
@@ -670,6 +687,7 @@ def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@_on_tensor_device
 def gate_backward(q, a_raw, coef, gram_a, B, base):
     """The rank-sized part of `functional._GatedLowRank.backward` in two launches: ``(P, w, base + B M, rho)`` with
     ``P = dL/d a_raw`` (rows x r), ``w`` (rows) the coefficient of x in dL/dx, ``B M`` (d_out x r) the Gram term of
@@ -689,6 +707,7 @@ def gate_backward(q, a_raw, coef, gram_a, B, base):
     return p, w, _times_small(B, m, base, rank), sums[:2]
 
 
+@_on_tensor_device
 def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_time, B, base):
     """`functional._lorentz_full_backward_torch` in two launches: ``(dL/d a_raw, w, base + B M, [dL/dA[:, 0],
     rho])``, the sums over tokens by atomic float32 adds (as in `gate_backward`)."""
@@ -718,6 +737,7 @@ def _times_small(B, m, base, rank):
     return out
 
 
+@_on_tensor_device
 def gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, theta_max, with_coefficients):
     """``(Z, coefficients, a B^T B)``: ``Z = scaling G a`` (rows x r) and, if asked, the backward's per-token
     coefficients (rows x 5; see `functional._gate_coefficients`) and ``a (B^T B)`` (rows x r), else None."""
@@ -736,6 +756,7 @@ def gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, thet
     return (z, coef, gram_a) if with_coefficients else (z, None, None)
 
 
+@_on_tensor_device
 def lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scaling, theta_max, with_coefficients):
     """``(Z, terms)`` of "lorentz-full": Z (rows x (r + 1)); terms = ``(P, P B^T B, scalars, C)`` for the backward
     (see `functional._lorentz_full_terms`), or None."""
@@ -758,6 +779,7 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scalin
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
 
 
+@_on_tensor_device
 def add_gated_(out, y, x, log_ratios, k0, s0, variant, scaling, theta_max) -> None:
     """``out += scaling G y / s`` in place, per row, with G from ``|x|`` and ``|y|`` (the no-grad branch).
 
@@ -774,6 +796,7 @@ def add_gated_(out, y, x, log_ratios, k0, s0, variant, scaling, theta_max) -> No
         )
 
 
+@_on_tensor_device
 def add_lorentz_full_(out, y_raw, x, a_raw, A, B, v, log_ratios, k0, s0, scaling, theta_max) -> None:
     """The "lorentz-full" counterpart of `add_gated_`: ``out += scaling asinhc(|B P| / sqrt(K)) B P`` in place, per
     row, from ``a_raw = x A_s^T`` (rows x r), ``y_raw = a_raw B_s^T`` (rows x d_out), ``v = B_s A[:, 0]`` (d_out) and
@@ -815,6 +838,7 @@ def fuses(rows: int, d_in: int, d_out: int) -> bool:
     return rows <= FUSED_MAX_ROWS and d_in + 2 * d_out <= FUSED_MAX_WIDTH
 
 
+@_on_tensor_device
 def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max) -> None:
     """``out += branch(x)`` in place by one kernel: no cast of x, no matmul launches (`_add_fused_kernel`).
 
