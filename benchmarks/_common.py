@@ -141,3 +141,21 @@ def compile_models_independently(count: int) -> None:
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), count))
             break
     dynamo_config.automatic_dynamic_shapes = False
+
+
+def profile_host(call, device, top: int, per: int = 1) -> list[tuple[str, int, float, float]]:
+    """``(function, calls, own us, cumulative us)`` of the ``top`` Python functions with the most own (``tottime``)
+    host time while ``call()`` runs under cProfile, times divided by ``per`` (cProfile adds its own cost to every
+    Python call: compare methods, not absolute values)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    synchronize(device)
+    profiler.enable()
+    call()
+    synchronize(device)
+    profiler.disable()
+    rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
+    return [(f"{file.rsplit('/', 2)[-1] if '/' in file else file}:{line}({name})", calls, own * 1e6 / per,
+             cum * 1e6 / per) for (file, line, name), (_, calls, own, cum, _) in rows]

@@ -55,6 +55,7 @@ from _common import (
     device_kernels,
     device_name,
     llama_model,
+    profile_host,
     synchronize,
     versions_line,
     write_json_atomic,
@@ -288,22 +289,12 @@ def profile_generate(model, ids, mask, args, device, cache=None) -> dict:
 
 
 def host_profile_generate(model, ids, mask, args, device, cache=None, top: int = 25) -> list[dict]:
-    """The Python functions with the most own (``tottime``) host time over one ``generate`` call under cProfile,
-    in microseconds per generated token (cProfile adds its own cost to every Python call: compare methods)."""
-    import cProfile
-    import pstats
-
-    profiler = cProfile.Profile()
-    synchronize(device)
-    profiler.enable()
-    generate_once(model, ids, mask, args.new_tokens, pad_id=0, cache=cache)
-    synchronize(device)
-    profiler.disable()
-    stats = pstats.Stats(profiler).stats
-    rows = sorted(stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
-    return [{"function": f"{file.rsplit('/', 2)[-1] if '/' in file else file}:{line}({name})", "calls": calls,
-             "own_us_per_token": own * 1e6 / args.new_tokens, "cumulative_us_per_token": cum * 1e6 / args.new_tokens}
-            for (file, line, name), (_, calls, own, cum, _) in rows]
+    """The Python functions with the most own host time over one ``generate`` call under cProfile, in
+    microseconds per generated token (`_common.profile_host`)."""
+    rows = profile_host(lambda: generate_once(model, ids, mask, args.new_tokens, pad_id=0, cache=cache), device, top,
+                        per=args.new_tokens)
+    return [{"function": function, "calls": calls, "own_us_per_token": own, "cumulative_us_per_token": cum}
+            for function, calls, own, cum in rows]
 
 
 def conservative_ratio(row: dict) -> float:

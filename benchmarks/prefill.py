@@ -30,6 +30,7 @@ from _common import (
     MODEL_SHAPES,
     device_kernels,
     device_name,
+    profile_host,
     synchronize,
     versions_line,
     write_json_atomic,
@@ -87,19 +88,8 @@ def forward(model, ids, mask):
 
 
 def host_profile(model, ids, mask, device, top: int = 15) -> list[dict]:
-    import cProfile
-    import pstats
-
-    profiler = cProfile.Profile()
-    synchronize(device)
-    profiler.enable()
-    forward(model, ids, mask)
-    synchronize(device)
-    profiler.disable()
-    rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
-    return [{"function": f"{file.rsplit('/', 2)[-1] if '/' in file else file}:{line}({name})", "calls": calls,
-             "own_us": own * 1e6, "cumulative_us": cum * 1e6}
-            for (file, line, name), (_, calls, own, cum, _) in rows]
+    return [{"function": function, "calls": calls, "own_us": own, "cumulative_us": cum}
+            for function, calls, own, cum in profile_host(lambda: forward(model, ids, mask), device, top)]
 
 
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:
