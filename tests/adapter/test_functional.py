@@ -48,6 +48,22 @@ def test_inference_path_equals_training_path(variant):
     torch.testing.assert_close(inference, training.detach(), rtol=1e-10, atol=1e-300)
 
 
+@pytest.mark.parametrize("variant", ["lorentz", "stereographic"])
+@pytest.mark.parametrize("theta_max", [12.0, 1.5])
+@pytest.mark.parametrize("K_value", [0.3, 1.0, 7.0])
+def test_dimensionless_gate_equals_the_gate_in_n_m_and_K(variant, theta_max, K_value):
+    """The no-grad path evaluates G from theta = n / sqrt(K) and w = m / sqrt(K) alone; the training path from n,
+    m and K. Inputs span the series cut-offs, the radius cap (theta_max 1.5 caps most rows) and large |y|."""
+    K = torch.tensor([K_value], dtype=torch.float64)
+    n = torch.logspace(-9, 2, 45, dtype=torch.float64).unsqueeze(-1)
+    m = torch.logspace(-7, 3, 45, dtype=torch.float64).flip(0).unsqueeze(-1)
+    expected = Fn._GATES[variant](n, m, K, theta_max, derivatives=False)[0]
+    gate = Fn._dimensionless_gate(n / K.sqrt(), m / K.sqrt(), variant, theta_max)
+    torch.testing.assert_close(gate, expected, rtol=1e-12, atol=0.0)
+    if theta_max == 1.5:
+        assert (n / K.sqrt() > theta_max).any() and (n / K.sqrt() < 0.3).any()  # both sides of the cap are tested
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_of_fast_and_literal_forms_agree(variant):
     x, A, B, K, s = make_inputs(variant, seed=1)

@@ -519,24 +519,52 @@ def _inference_branch(x, A, B, log_ratios, k0, s0, variant: str, scaling: float,
     Every variant's output is a per-token scalar times ``y = B z`` (``z = A x``, or the point ``P`` for
     "lorentz-full"), and the scalar depends on ``|y|``. Without a backward to feed, the cheapest order is to form
     ``y`` first (LoRA's two matmuls) and take its norm, instead of ``|B z|`` through ``B^T B`` as the training
-    path does. Under torch.compile this leaves the two matmuls, two row norms and one fused elementwise kernel,
-    which matters when decoding replays CUDA graphs.
+    path does. The gates are written in the dimensionless norms ``theta = |x| / (s sqrt(K))`` and
+    ``w = |y| / (s sqrt(K))`` (`_dimensionless_gate`), so that ``K`` and ``s`` enter through one factor per norm
+    and one on the output. Under torch.compile this leaves the two matmuls, the row norms and one fused
+    elementwise kernel per layer; written with ``n = |x| / s`` and ``sqrt(K)`` in every gate term, inductor
+    stored ``s`` and ``sqrt(K)`` in a kernel of their own per layer, which decoding replays in its CUDA graphs.
     """
     shape = x.shape
     x_cast = x.reshape(-1, shape[-1]).to(A.dtype)
-    norm_x = torch.linalg.vector_norm(x_cast, dim=-1)
-    K, s = _curvature_and_scale(log_ratios, k0, s0)
+    norm_x = torch.linalg.vector_norm(x_cast, dim=-1, keepdim=True)
+    rho_k, rho_s = log_ratios.to(A.dtype).unbind()
+    per_radius = torch.exp(-0.5 * rho_k - rho_s) / (math.sqrt(k0) * s0)  # 1 / (s sqrt(K))
+    theta = norm_x * per_radius
     if variant == "lorentz-full":
-        point = _lorentz_full_point(x_cast @ A[:, 1:].t(), A[:, 0], norm_x, K, s, theta_max)[-1]
-        y = point @ B.t()
-        m = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
-        out = y * (scaling * asinhc(m / K.sqrt()))
+        # with h = sqrt(K) h' and P = sqrt(K) P': h' = (g1 / (s sqrt(K))) a_raw + cosh(c) a_time,
+        # P' = (sqrt(1 + |h'|^2), h'), y = sqrt(K) B P', branch = scaling sqrt(K) asinhc(|B P'|) B P'
+        c = theta.clamp(1e-30, theta_max)
+        g1 = torch.where(theta > theta_max, math.sinh(theta_max) / theta.clamp_min(1e-30), sinhc(c))
+        h = (x_cast @ A[:, 1:].t()) * (g1 * per_radius) + torch.cosh(c) * A[:, 0]
+        time = torch.hypot(torch.linalg.vector_norm(h, dim=-1, keepdim=True), torch.ones_like(theta))
+        y = torch.cat([time, h], dim=-1) @ B.t()
+        out_scale = math.sqrt(k0) * torch.exp(0.5 * rho_k)
+        out = y * (scaling * asinhc(torch.linalg.vector_norm(y, dim=-1, keepdim=True)) * out_scale)
     else:
         y = (x_cast @ A.t()) @ B.t()  # B A x; the branch is (scaling G / s) times this, per token
-        n = norm_x.unsqueeze(-1) / s
-        m = torch.linalg.vector_norm(y, dim=-1, keepdim=True) / s
-        out = y * _gate_coefficients(n, m, K, s, variant, scaling, theta_max, False)[0]
+        w = torch.linalg.vector_norm(y, dim=-1, keepdim=True) * per_radius
+        out_scale = torch.exp(-rho_s) / s0
+        out = y * (scaling * _dimensionless_gate(theta, w, variant, theta_max) * out_scale)
     return out.reshape(*shape[:-1], B.shape[0])
+
+
+def _dimensionless_gate(theta: Tensor, w: Tensor, variant: str, theta_max: float) -> Tensor:
+    """The gate ``G`` of `_lorentz_gates` / `_stereographic_gates` (no derivatives) in ``theta = n / sqrt(K)`` and
+    ``w = m / sqrt(K)``, of which it is a function alone:
+
+        lorentz:        g1 = sinh(min(theta, theta_max)) / theta,   G = g1 asinhc(g1 w)
+        stereographic:  g1 = 2 / (1 - theta^2) (theta capped at tanh(theta_max / 2), beyond which
+                        g1 = sinh(theta_max) / theta),              G = g1 / (1 + sqrt(1 + (g1 w)^2))
+    """
+    theta = theta.clamp_min(1e-30)
+    if variant == "lorentz":
+        g1 = torch.where(theta > theta_max, math.sinh(theta_max) / theta, sinhc(theta.clamp_max(theta_max)))
+        return g1 * asinhc(g1 * w)
+    edge = math.tanh(theta_max / 2.0)
+    inside = theta.clamp_max(edge)
+    g1 = torch.where(theta >= edge, math.sinh(theta_max) / theta, 2.0 / (1.0 - inside * inside))
+    return g1 / (1.0 + torch.hypot(g1 * w, torch.ones_like(w)))
 
 
 def gated_branch(
