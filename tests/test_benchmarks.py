@@ -3,6 +3,7 @@ here; benchmarks/RESULTS.md holds the GPU measurements)."""
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# the generated-kernel pattern of benchmarks/compiled_kernels.py
+GENERATED = re.compile(r"^\s+(?:cpp_fused_\w+\(|\w+\.run\()", re.M)
 
 
 def run_script(name: str, *args: str) -> None:
@@ -93,6 +96,27 @@ def test_compiled_decoder_layer_no_grad_uses_loras_matmuls_and_no_opaque_operati
     for method in ("hyplora-lorentz", "hyplora-stereographic", "hyplora-lorentz-full"):
         assert matmuls[method] == matmuls["lora"]
         assert "torch.ops.hyplora" not in codes[method]
+    # Written with sqrt(K) and s in every gate term, the branch made inductor compute K and s from the layer's
+    # parameter in a kernel of its own, one per adapted layer (five here); in the dimensionless form
+    # (functional._dimensionless_gate) the parameter's factors fuse into the kernels that use them.
+    generated = {method: len(GENERATED.findall(code[code.index("def call("):])) for method, code in codes.items()}
+    for method in ("hyplora-lorentz", "hyplora-stereographic"):
+        assert generated[method] < generated["lora"] + 5, generated
+
+
+@pytest.mark.slow
+def test_decode_step_smoke_run_times_the_compiled_step_of_each_method(tmp_path):
+    out = tmp_path / "step.json"
+    run_script("decode_step.py", "--tiny", "--methods", "lora,hyplora-lorentz", "--calls", "3", "--repeats", "2",
+               "--json", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["method"] for row in rows] == ["lora", "hyplora-lorentz"]
+    for row in rows:
+        assert len(row["issue_us"]) == len(row["step_us"]) == 2
+        assert row["step_us_median"] == pytest.approx(statistics.median(row["step_us"]))
+        assert row["host_profile"] and row["host_profile"][0]["own_us_per_step"] > 0
+    with pytest.raises(AssertionError, match="unknown methods"):
+        run_script("decode_step.py", "--tiny", "--methods", "lora,dora")
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
