@@ -235,6 +235,41 @@ def test_several_named_adapters_coexist_and_can_be_disabled(tiny_llama, tmp_path
         load_adapter(reloaded, tmp_path / "second", adapter_name="second")
 
 
+def test_layers_with_the_same_settings_share_one_settings_entry(tiny_llama):
+    """Each adapter's settings live in one process-wide table (guarded once under torch.compile); a layer keeps
+    their number, and deleting the adapter drops it."""
+    model = peft.get_peft_model(tiny_llama, hyplora_config(), adapter_name="first")
+    model.add_adapter("second", hyplora_config(variant="stereographic", max_radius=3.0))
+    layers = hyplora_layers(model, "first")
+    same_width = [layer for layer in layers if layer.in_features == layers[0].in_features]
+    assert len(same_width) > 1
+    assert len({layer.hyplora_settings_index["first"] for layer in same_width}) == 1
+    layer = layers[0]
+    assert layer.hyplora_settings_index["first"] != layer.hyplora_settings_index["second"]
+    assert layer.hyplora_settings["second"] == {"variant": "stereographic", "compat": None, "curvature": 1.0,
+                                                 "feature_scale": math.sqrt(layer.in_features), "max_radius": 3.0}
+    model.delete_adapter("second")
+    assert set(layer.hyplora_settings_index) == set(layer.hyplora_settings) == {"first"}
+
+
+def test_a_pickled_layer_finds_its_settings_in_a_fresh_process_table(tiny_llama, monkeypatch):
+    import pickle
+
+    from hyplora.adapter import layer as layer_module
+
+    model = peft.get_peft_model(tiny_llama, hyplora_config(variant="stereographic", init_lora_weights=False))
+    layer = hyplora_layers(model)[-1]
+    x = torch.randn(3, layer.in_features)
+    with torch.no_grad():
+        expected = layer(x)
+    blob = pickle.dumps(layer)
+    monkeypatch.setattr(layer_module, "_SETTINGS", {})  # as in another process
+    copy_ = pickle.loads(blob)
+    assert copy_.hyplora_settings == layer.hyplora_settings
+    with torch.no_grad():
+        torch.testing.assert_close(copy_(x), expected, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("call", ["merge_and_unload", "merge_adapter", "get_delta_weight", "unmerge"])
 def test_merging_is_refused_with_the_reason(tiny_llama, call):
     model = peft.get_peft_model(tiny_llama, hyplora_config())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -37,6 +37,34 @@ def _autocast_off(device_type: str):
     except TypeError:  # torch < 2.4 takes no device type
         enabled = True
     return torch.autocast(device_type=device_type, enabled=False) if enabled else nullcontext()
+
+
+class BranchSettings(NamedTuple):
+    """What an adapter's branch computes, fixed when the adapter is added to a layer."""
+
+    variant: str
+    compat: str | None
+    curvature: float  # K0: K = K0 exp(rho)
+    feature_scale: float  # s0: s = s0 exp(sigma)
+    max_radius: float
+
+
+# The distinct settings of every HypLoRA layer in the process, by number; a layer keeps the number for each adapter.
+# Under torch.compile, dynamo guards every Python value the forward reads, once per path by which it is read, and
+# checks those guards before every call of the compiled model. Read as ``_SETTINGS[number]``, one set of settings is
+# guarded once for all the layers that share it, where a dict of each layer's own was guarded in every layer (14 of
+# its ~125 guards per adapted layer); a small model's compiled decoding step is bound by that check
+# (benchmarks/RESULTS.md, sixth session). A dict, not a list: a lookup by key is guarded on that key alone, so
+# settings added later (another model) leave compiled models' guards passing. Entries are never removed.
+_SETTINGS: dict[int, BranchSettings] = {}
+
+
+def _settings_number(settings: BranchSettings) -> int:
+    for number, known in _SETTINGS.items():
+        if known == settings:
+            return number
+    _SETTINGS[len(_SETTINGS)] = settings
+    return len(_SETTINGS) - 1
 
 
 class HypLoraMergeError(ValueError):
@@ -73,7 +101,7 @@ class HypLoraLinear(nn.Module, LoraLayer):
     """
 
     adapter_layer_names = LoraLayer.adapter_layer_names + ("lora_curvature", "lora_feature_scale", "lora_log_scales")
-    other_param_names = LoraLayer.other_param_names + ("hyplora_settings",)
+    other_param_names = LoraLayer.other_param_names + ("hyplora_branch_settings", "hyplora_settings_index")
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, config, r: int = 0, lora_alpha: int = 1, **kwargs):
         super().__init__()
@@ -82,7 +110,8 @@ class HypLoraLinear(nn.Module, LoraLayer):
         self.lora_curvature = nn.ParameterDict({})
         self.lora_feature_scale = nn.ParameterDict({})
         self.lora_log_scales = nn.ParameterDict({})
-        self.hyplora_settings: dict[str, dict[str, Any]] = {}
+        self.hyplora_branch_settings: dict[str, BranchSettings] = {}
+        self.hyplora_settings_index: dict[str, int] = {}  # their keys in _SETTINGS, which the forward reads
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config, **kwargs)
 
@@ -115,13 +144,10 @@ class HypLoraLinear(nn.Module, LoraLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
 
         feature_scale = config.feature_scale if config.feature_scale is not None else math.sqrt(self.in_features)
-        self.hyplora_settings[adapter_name] = {
-            "variant": config.variant,
-            "compat": config.compat,
-            "curvature": float(config.curvature),
-            "feature_scale": float(feature_scale),
-            "max_radius": float(config.max_radius),
-        }
+        settings = BranchSettings(variant=config.variant, compat=config.compat, curvature=float(config.curvature),
+                                  feature_scale=float(feature_scale), max_radius=float(config.max_radius))
+        self.hyplora_branch_settings[adapter_name] = settings
+        self.hyplora_settings_index[adapter_name] = _settings_number(settings)
         # Created after the move above, which would cast them to the base layer's (possibly bfloat16) dtype.
         device = self.lora_A[adapter_name].weight.device
         reference = config.compat == "reference"
@@ -140,6 +166,20 @@ class HypLoraLinear(nn.Module, LoraLayer):
                     torch.tensor([start], dtype=torch.float32, device=device))
         self.set_adapter(self.active_adapters, inference_mode=config.inference_mode)
 
+    @property
+    def hyplora_settings(self) -> dict[str, dict[str, Any]]:
+        """Each adapter's settings (variant, compat, curvature, feature_scale, max_radius), as dicts (a copy)."""
+        return {name: settings._asdict() for name, settings in self.hyplora_branch_settings.items()}
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        # the numbers are keys of this process's table: an unpickled layer (another process) takes them anew
+        self.hyplora_settings_index = {name: _settings_number(settings)
+                                       for name, settings in self.hyplora_branch_settings.items()}
+
+    def _settings(self, adapter_name: str) -> BranchSettings:
+        return _SETTINGS[self.hyplora_settings_index[adapter_name]]
+
     # ------------------------------------------------------------------------------------ learned scalars
     def _constant(self, value: float, like: torch.Tensor, size: int = 1) -> torch.Tensor:
         """A cached tensor of ``size`` copies of ``value``: creating one per call would copy host->device and stall
@@ -157,46 +197,49 @@ class HypLoraLinear(nn.Module, LoraLayer):
 
     def curvature(self, adapter_name: str) -> torch.Tensor:
         """K of the adapter's hyperboloid L_K (curvature -1/K), as a float32 1-element tensor."""
-        settings = self.hyplora_settings[adapter_name]
+        settings = self._settings(adapter_name)
         if adapter_name in self.lora_log_scales:
-            return torch.exp(self.lora_log_scales[adapter_name][0:1].float()) * settings["curvature"]
+            return torch.exp(self.lora_log_scales[adapter_name][0:1].float()) * settings.curvature
         param = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
-        if settings["compat"] == "reference":
+        if settings.compat == "reference":
             weight = self.lora_A[adapter_name].weight
-            raw = param.float() if param is not None else self._constant(settings["curvature"], weight.float())
-            return Fn.reference_curvature(raw) if settings["variant"] == "lorentz" else raw
+            raw = param.float() if param is not None else self._constant(settings.curvature, weight.float())
+            return Fn.reference_curvature(raw) if settings.variant == "lorentz" else raw
         if param is None:
-            return self._constant(settings["curvature"], self.lora_A[adapter_name].weight.float())
-        return torch.exp(param.float()) * settings["curvature"]
+            return self._constant(settings.curvature, self.lora_A[adapter_name].weight.float())
+        return torch.exp(param.float()) * settings.curvature
 
     def feature_scale(self, adapter_name: str) -> torch.Tensor:
         """The scale s the input is divided by before it is mapped to the hyperboloid (1-element tensor)."""
-        settings = self.hyplora_settings[adapter_name]
+        settings = self._settings(adapter_name)
         if adapter_name in self.lora_log_scales:
-            return torch.exp(self.lora_log_scales[adapter_name][1:2].float()) * settings["feature_scale"]
+            return torch.exp(self.lora_log_scales[adapter_name][1:2].float()) * settings.feature_scale
         param = self.lora_feature_scale[adapter_name] if adapter_name in self.lora_feature_scale else None
         if param is None:
-            return self._constant(settings["feature_scale"], self.lora_A[adapter_name].weight.float())
-        if settings["compat"] == "reference":
+            return self._constant(settings.feature_scale, self.lora_A[adapter_name].weight.float())
+        if settings.compat == "reference":
             return param.float()
-        return torch.exp(param.float()) * settings["feature_scale"]
+        return torch.exp(param.float()) * settings.feature_scale
 
     def _log_ratios(self, adapter_name: str, like: torch.Tensor) -> torch.Tensor:
         """``(rho, sigma)`` of ``K = K0 exp(rho)``, ``s = s0 exp(sigma)`` in ``like``'s dtype: the learned
-        parameters, with a 0 for one not learned."""
-        if adapter_name in self.lora_log_scales:
-            param = self.lora_log_scales[adapter_name]
+        parameters, with a 0 for one not learned.
+
+        Looks them up in the ParameterDicts' ``_parameters``: their ``__contains__`` and ``__getitem__`` add seven
+        guards per layer under torch.compile (see `_SETTINGS`)."""
+        param = self.lora_log_scales._parameters.get(adapter_name)
+        if param is not None:
             return param if param.dtype == like.dtype else param.to(like.dtype)
-        parts = [params[adapter_name].reshape(1).to(like.dtype) if adapter_name in params else None
-                 for params in (self.lora_curvature, self.lora_feature_scale)]
+        parts = [params._parameters.get(adapter_name) for params in (self.lora_curvature, self.lora_feature_scale)]
         if parts[0] is None and parts[1] is None:
             return self._constant(0.0, like, size=2)
-        return torch.cat([part if part is not None else self._constant(0.0, like) for part in parts])
+        return torch.cat([part.reshape(1).to(like.dtype) if part is not None else self._constant(0.0, like)
+                          for part in parts])
 
     # ------------------------------------------------------------------------------------------- forward
     def hyperbolic_branch(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``scaling * branch(dropout(x))`` for one adapter, computed in float32 (float64 if the adapter is)."""
-        settings = self.hyplora_settings[adapter_name]
+        settings = self._settings(adapter_name)
         A = self.lora_A[adapter_name].weight
         B = self.lora_B[adapter_name].weight
         dtype = torch.float64 if A.dtype == torch.float64 else torch.float32
@@ -205,42 +248,42 @@ class HypLoraLinear(nn.Module, LoraLayer):
             x = self.lora_dropout[adapter_name](x)
             A, B = A.to(dtype), B.to(dtype)
             scaling = self.scaling[adapter_name]
-            if settings["compat"] is None and settings["variant"] in Fn.GATED_VARIANTS:
+            if settings.compat is None and settings.variant in Fn.GATED_VARIANTS:
                 # K = K0 exp(rho) and s = s0 exp(sigma) are formed inside the fused function (no scalar launches)
                 return Fn.gated_branch(
-                    settings["variant"], x, A, B, self._log_ratios(adapter_name, A), settings["curvature"],
-                    settings["feature_scale"], scaling, settings["max_radius"],
+                    settings.variant, x, A, B, self._log_ratios(adapter_name, A), settings.curvature,
+                    settings.feature_scale, scaling, settings.max_radius,
                 )
             K = self.curvature(adapter_name).to(dtype)
-            if settings["compat"] == "reference":
+            if settings.compat == "reference":
                 x = x.to(dtype)  # the released code computes in float32
-                if settings["variant"] == "lorentz":
+                if settings.variant == "lorentz":
                     raw_k = self.lora_curvature[adapter_name] if adapter_name in self.lora_curvature else None
                     # The released code clips this parameter's gradient to [-0.01, 0.01]. Done in the graph, not by a
                     # hook on the Parameter: FSDP and ZeRO-3 swap the Parameter for sharded/gathered copies (and
                     # deepcopy drops tensor hooks), which would silently lose the clip.
                     raw_k = (_ClipGrad.apply(raw_k.to(dtype), 0.01) if raw_k is not None
-                             else self._constant(settings["curvature"], x))
+                             else self._constant(settings.curvature, x))
                     s = self.feature_scale(adapter_name).to(dtype)
                     return Fn.reference_lorentz_branch(x, A, B, raw_k, s, scaling)
                 return Fn.reference_stereographic_branch(x, A, B, K, scaling)
             s = self.feature_scale(adapter_name).to(dtype)
-            branch = Fn.BRANCHES[settings["variant"]]
-            return branch(x, A, B, K, s, scaling, settings["max_radius"])
+            branch = Fn.BRANCHES[settings.variant]
+            return branch(x, A, B, K, s, scaling, settings.max_radius)
 
     def _add_branch_in_place(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> bool:
         """Without autograd, on the Triton path: ``result += scaling * branch(dropout(x))`` by one kernel for few
         tokens, else LoRA's two matmuls and one kernel (`functional.add_gated_branch_`). False, doing nothing, where
         that does not apply."""
-        settings = self.hyplora_settings[adapter_name]
+        settings = self._settings(adapter_name)
         A = self.lora_A[adapter_name].weight
-        if settings["compat"] is not None or not Fn.adds_in_place(result, settings["variant"], x, A):
+        if settings.compat is not None or not Fn.adds_in_place(result, settings.variant, x, A):
             return False
         with _autocast_off(x.device.type):
             Fn.add_gated_branch_(
-                result, settings["variant"], self.lora_dropout[adapter_name](x), A, self.lora_B[adapter_name].weight,
-                self._log_ratios(adapter_name, A), settings["curvature"], settings["feature_scale"],
-                self.scaling[adapter_name], settings["max_radius"],
+                result, settings.variant, self.lora_dropout[adapter_name](x), A, self.lora_B[adapter_name].weight,
+                self._log_ratios(adapter_name, A), settings.curvature, settings.feature_scale,
+                self.scaling[adapter_name], settings.max_radius,
             )
         return True
 
@@ -254,7 +297,9 @@ class HypLoraLinear(nn.Module, LoraLayer):
             return self._add_mixed_batch_branches(x, result, adapter_names)
         for active_adapter in self.active_adapters:
             if active_adapter in self.lora_A:
-                if not torch.is_grad_enabled() and self._add_branch_in_place(result, x, active_adapter):
+                # never under torch.compile (the Triton path steps aside there): not looked at, fewer guards
+                if (not torch.is_grad_enabled() and not Fn.kernels.is_compiling()
+                        and self._add_branch_in_place(result, x, active_adapter)):
                     continue
                 branch = self.hyperbolic_branch(x, active_adapter)
                 # the sum is formed in float32 and rounded once to the base layer's dtype, as peft's LoRA does
