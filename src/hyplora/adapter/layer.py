@@ -52,9 +52,9 @@ class BranchSettings(NamedTuple):
 # The distinct settings of every HypLoRA layer in the process, by number; a layer keeps the number for each adapter.
 # Under torch.compile, dynamo guards every Python value the forward reads, once per path by which it is read, and
 # checks those guards before every call of the compiled model. Read as ``_SETTINGS[number]``, one set of settings is
-# guarded once for all the layers that share it, where a dict of each layer's own was guarded in every layer (14 of
-# its ~125 guards per adapted layer); a small model's compiled decoding step is bound by that check
-# (benchmarks/RESULTS.md, sixth session). A dict, not a list: a lookup by key is guarded on that key alone, so
+# guarded once for all the layers that share it, where a dict of each layer's own was guarded in every layer; a
+# small model's compiled decoding step is bound by that check (benchmarks/RESULTS.md, sixth session:
+# compiled_step_host.py counts the guards). A dict, not a list: a lookup by key is guarded on that key alone, so
 # settings added later (another model) leave compiled models' guards passing. Entries are never removed.
 _SETTINGS: dict[int, BranchSettings] = {}
 
