@@ -57,8 +57,6 @@ def parse_args(argv=None):
     unknown = [m for m in args.method_list if m not in METHOD_LABELS]
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {sorted(METHOD_LABELS)}")
-    # what decode.build_models reads
-    args.dtype = "fp32" if args.tiny else "bf16"
     return args
 
 
