@@ -159,3 +159,28 @@ def profile_host(call, device, top: int, per: int = 1) -> list[tuple[str, int, f
     rows = sorted(pstats.Stats(profiler).stats.items(), key=lambda item: item[1][2], reverse=True)[:top]
     return [(f"{file.rsplit('/', 2)[-1] if '/' in file else file}:{line}({name})", calls, own * 1e6 / per,
              cum * 1e6 / per) for (file, line, name), (_, calls, own, cum, _) in rows]
+
+
+def last_compiled_step_call(model, run_generate) -> tuple[tuple, dict]:
+    """The arguments of the last call that ``run_generate()`` (a ``generate`` call) makes to ``model``'s compiled
+    decoding step: transformers' ``model._compiled_call``, which ``generate`` reuses while its compile config is
+    unchanged, wrapped for the call. Tensors are copies: ``generate`` may update its position tensors in place after
+    the step."""
+    compiled = getattr(model, "_compiled_call", None)
+    if compiled is None:
+        raise RuntimeError("transformers did not compile the decoding step (a static cache on a GPU makes it do so)")
+    recorded = []
+
+    def recording_call(*call_args, **call_kwargs):
+        recorded.append((call_args, {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                     for k, v in call_kwargs.items()}))
+        return compiled(*call_args, **call_kwargs)
+
+    model._compiled_call = recording_call
+    try:
+        run_generate()
+    finally:
+        model._compiled_call = compiled
+    if not recorded:
+        raise RuntimeError("generate did not call the compiled decoding step")
+    return recorded[-1]

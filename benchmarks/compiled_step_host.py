@@ -33,6 +33,7 @@ from _common import (
     adapter_config,
     compile_models_independently,
     device_name,
+    last_compiled_step_call,
     llama_model,
     versions_line,
     write_json_atomic,
@@ -89,22 +90,13 @@ def measure(method: str, layers: int, args) -> dict:
     entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(code)
     if not entries:
         raise RuntimeError(f"{method}: no compiled entry for {type(model).__name__}.forward")
-    compiled_call, recorded = model._compiled_call, []
 
-    def recording_call(*call_args, **call_kwargs):
-        recorded.append((call_args, call_kwargs))
-        return compiled_call(*call_args, **call_kwargs)
-
-    model._compiled_call = recording_call  # generate reuses this attribute while its compile config is unchanged
-    try:
+    def run_generate():
         cache.reset()
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, min_new_tokens=3,
                        do_sample=False, past_key_values=cache, compile_config=compile_config, pad_token_id=0)
-    finally:
-        model._compiled_call = compiled_call
-    if not recorded:
-        raise RuntimeError(f"{method}: generate did not use the compiled decoding step")
-    call_args, call_kwargs = recorded[-1]
+
+    call_args, call_kwargs = last_compiled_step_call(model, run_generate)
     frame_locals = _frame_locals(type(model).forward, model, call_args, call_kwargs)
     guard_manager = entries[0].guard_manager
     with torch.no_grad():

@@ -32,6 +32,7 @@ from _common import (
     MODEL_SHAPES,
     compile_models_independently,
     device_name,
+    last_compiled_step_call,
     profile_host,
     synchronize,
     versions_line,
@@ -69,24 +70,9 @@ def captured_step(model, ids, mask, cache, new_tokens: int = 4):
         inner.generation_config.compile_config = CompileConfig(mode="default")
         inner.generation_config.compile_config._compile_all_devices = True
     decode.generate_once(model, ids, mask, new_tokens, pad_id=0, cache=cache)  # compiles (on a GPU: graphs)
-    compiled = getattr(inner, "_compiled_call", None)
-    if compiled is None:
-        raise SystemExit("transformers did not compile the decoding step (it does so for a static cache on a GPU)")
-    seen = {}
-
-    def keep(*call_args, **kwargs):
-        # copies: generate may update its position tensors in place after the step
-        seen["args"] = call_args
-        seen["kwargs"] = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        return compiled(*call_args, **kwargs)
-
-    inner._compiled_call = keep  # get_compiled_call returns the cached attribute while the config is unchanged
-    try:
-        decode.generate_once(model, ids, mask, new_tokens, pad_id=0, cache=cache)
-    finally:
-        inner._compiled_call = compiled
-    if "kwargs" not in seen:
-        raise SystemExit("generate did not call the compiled decoding step")
+    compiled = inner._compiled_call
+    call_args, call_kwargs = last_compiled_step_call(
+        inner, lambda: decode.generate_once(model, ids, mask, new_tokens, pad_id=0, cache=cache))
     # newer transformers' static cache layers count the tokens written (in place, on the device); put the counts
     # back before every timed call, so that each writes the same cache position and none runs past the end
     counters = [layer.cumulative_length for layer in getattr(cache, "layers", [])
@@ -97,7 +83,7 @@ def captured_step(model, ids, mask, cache, new_tokens: int = 4):
         if counters:
             torch._foreach_copy_(counters, saved)
 
-    return rewind, lambda: compiled(*seen["args"], **seen["kwargs"])
+    return rewind, lambda: compiled(*call_args, **call_kwargs)
 
 
 def time_calls(rewind_and_step, device, calls: int) -> tuple[list[float], list[float]]:
