@@ -1,7 +1,8 @@
 """One adapted layer's no-grad branch in isolation: the one-kernel path against two matmuls and one kernel.
 
 `functional.add_gated_branch_` adds the branch into the base layer's output without autograd (a prefill, an
-eager decoding step). Up to `kernels.FUSED_MAX_ROWS` tokens and a width ``d_in + 2 d_out`` of at most
+eager decoding step). Up to `kernels.FUSED_MAX_ROWS` tokens (`kernels.FUSED_NARROW_MAX_ROWS` for layers with
+``d_in + 2 d_out`` at most `kernels.FUSED_NARROW_WIDTH`) and a width ``d_in + 2 d_out`` of at most
 `kernels.FUSED_MAX_WIDTH` it makes one Triton launch (`kernels.add_fused_`), whose programs each read A once
 and B twice, one tile after another; beyond, it makes four launches (cast of x, two cuBLAS matmuls, one Triton
 kernel). This script times both paths for each (d_in, d_out) of the benchmark models and several token
@@ -11,6 +12,8 @@ is the host's cost while the GPU keeps up). The dispatch limits in `kernels` are
 one-kernel path pays in GPU time what it saves in host time.
 
     python benchmarks/no_grad_branch.py --json no_grad_branch.json
+    python benchmarks/no_grad_branch.py --rows 4096,16384,65536 \
+        --shapes 576x576,576x192,576x1536,1536x576,2048x2048,2048x8192,8192x2048   # batched prefills
 """
 
 from __future__ import annotations
@@ -32,8 +35,16 @@ def main(argv=None) -> int:
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--variant", default="lorentz", choices=["lorentz", "stereographic", "lorentz-full"])
     parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--shapes", default=",".join(f"{i}x{o}" for i, o in SHAPES),
+                        help="comma-separated d_in x d_out (default: SmolLM2-135M's and Llama-3-8B's layers)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    try:
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
+        if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shapes must be comma-separated D_INxD_OUT pairs of positive integers, got {args.shapes!r}")
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark times CUDA kernels; no GPU here")
     from hyplora.adapter import functional as Fn
@@ -48,9 +59,15 @@ def main(argv=None) -> int:
     print("|---:|---:|---:|---:|---:|---:|---:|---|")
     full = args.variant == "lorentz-full"
     rows_out = []
-    limits = (kernels.FUSED_MAX_ROWS, kernels.FUSED_MAX_WIDTH)
+    names = ("FUSED_MAX_ROWS", "FUSED_MAX_WIDTH", "FUSED_NARROW_WIDTH", "FUSED_NARROW_MAX_ROWS")
+    limits = {name: getattr(kernels, name) for name in names}
+
+    def set_limits(values: dict) -> None:
+        for name, value in values.items():
+            setattr(kernels, name, value)
+
     try:
-        for d_in, d_out in SHAPES:
+        for d_in, d_out in shapes:
             generator = torch.Generator(device=device).manual_seed(0)
             A = torch.randn(args.rank, d_in + full, device=device, generator=generator) / d_in**0.5
             B = torch.randn(d_out, args.rank + full, device=device, generator=generator) * 0.1
@@ -58,11 +75,12 @@ def main(argv=None) -> int:
             for rows in [int(r) for r in args.rows.split(",")]:
                 x = torch.randn(rows, d_in, device=device, generator=generator).to(torch.bfloat16)
                 out = torch.zeros(rows, d_out, device=device, dtype=torch.bfloat16)
-                kernels.FUSED_MAX_ROWS, kernels.FUSED_MAX_WIDTH = limits
+                set_limits(limits)
                 default = "one kernel" if kernels.fuses(rows, d_in, d_out) else "matmuls + kernel"
                 timings = {}
                 for name, fused in (("one kernel", True), ("matmuls + kernel", False)):
-                    kernels.FUSED_MAX_ROWS, kernels.FUSED_MAX_WIDTH = (rows, d_in + 2 * d_out) if fused else (0, 0)
+                    width = d_in + 2 * d_out
+                    set_limits(dict(zip(names, (rows, width, width, rows) if fused else (0, 0, 0, 0))))
 
                     def call():
                         Fn.add_gated_branch_(out, args.variant, x, A, B, log_ratios, 1.0, d_in**0.5, 2.0, 12.0)
@@ -92,7 +110,7 @@ def main(argv=None) -> int:
                                  "one_kernel_host_us": fh, "matmuls_gpu_us": mg, "matmuls_host_us": mh,
                                  "default": default})
     finally:
-        kernels.FUSED_MAX_ROWS, kernels.FUSED_MAX_WIDTH = limits
+        set_limits(limits)
     if args.json:
         write_json_atomic(args.json, {"header": header, "args": vars(args), "rows": rows_out})
     return 0

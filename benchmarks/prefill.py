@@ -11,8 +11,9 @@ Columns: ms per forward (median over repeats, min-max), host ms (the time until 
 before synchronizing: the host's cost while the GPU keeps up), ratio to LoRA, the extra time per adapted layer
 against LoRA, and, with --launches, the GPU kernels and GPU busy time per forward (torch.profiler).
 --host-profile runs one forward per method under cProfile and lists the Python functions with the most own
-time. --fused-max-rows times each HypLoRA method under several values of `kernels.FUSED_MAX_ROWS` (one
-kernel for the whole no-grad branch up to that many tokens, else two cuBLAS matmuls and one kernel).
+time. --fused-max-rows times each HypLoRA method under several row limits of the one-kernel path (one kernel for
+the whole no-grad branch up to that many tokens, else two cuBLAS matmuls and one kernel), each set as both
+`kernels.FUSED_MAX_ROWS` and the narrow layers' `kernels.FUSED_NARROW_MAX_ROWS`.
 
     python benchmarks/prefill.py --model smollm2,llama8b-4l --batch-sizes 1,64 --launches --json prefill.json
     python benchmarks/prefill.py --tiny      # CPU smoke run, seconds
@@ -50,7 +51,7 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fused-max-rows", default=None,
-                        help="comma-separated values of kernels.FUSED_MAX_ROWS to time each HypLoRA method under, side "
+                        help="comma-separated row limits of the one-kernel path to time each HypLoRA method under, side "
                              "by side (the most tokens for which the no-grad branch is one kernel; 0: never); "
                              "default: the package's value only")
     parser.add_argument("--launches", action="store_true", help="count GPU kernels per forward (torch.profiler)")
@@ -99,13 +100,13 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     generator = torch.Generator(device="cpu").manual_seed(2000 + batch)
     ids = torch.randint(1, vocab, (batch, args.prompt_len), generator=generator).to(device)
     mask = torch.ones_like(ids)
-    default_rows = kernels.FUSED_MAX_ROWS
-    # (method, FUSED_MAX_ROWS): every HypLoRA method under each value asked for, the others once
+    default_rows = (kernels.FUSED_MAX_ROWS, kernels.FUSED_NARROW_MAX_ROWS)
+    # (method, row limit): every HypLoRA method under each value asked for, the others once
     entries = [(method, rows) for method in models
                for rows in (args.fused_list if method.startswith("hyplora") else [None])]
 
     def setting(entry):
-        kernels.FUSED_MAX_ROWS = default_rows if entry[1] is None else entry[1]
+        kernels.FUSED_MAX_ROWS, kernels.FUSED_NARROW_MAX_ROWS = default_rows if entry[1] is None else (entry[1],) * 2
         return models[entry[0]]
 
     try:
@@ -138,8 +139,9 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             median = statistics.median(total[entry])
             layers = adapted_layers(model)
             label = METHOD_LABELS[method] + ("" if fused_rows is None else f", one kernel up to {fused_rows} tokens")
-            row = {"method": method, "fused_max_rows": kernels.FUSED_MAX_ROWS if method.startswith("hyplora")
-                   else None, "label": label, "adapted_layers": layers, "forward_s": total[entry],
+            hyplora = method.startswith("hyplora")
+            row = {"method": method, "fused_max_rows": kernels.FUSED_MAX_ROWS if hyplora else None,
+                   "fused_narrow_max_rows": kernels.FUSED_NARROW_MAX_ROWS if hyplora else None, "label": label, "adapted_layers": layers, "forward_s": total[entry],
                    "host_s": host[entry], "forward_s_median": median, "host_s_median": statistics.median(host[entry]),
                    "ratio_to_lora": median / lora if lora else None,
                    "paired_ratio_to_lora_median": statistics.median(
@@ -159,7 +161,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
                 row["host_profile"] = host_profile(model, ids, mask, device)
             rows.append(row)
     finally:
-        kernels.FUSED_MAX_ROWS = default_rows
+        kernels.FUSED_MAX_ROWS, kernels.FUSED_NARROW_MAX_ROWS = default_rows
     return {"model": name, "batch": batch, "prompt_len": args.prompt_len, "repeats": args.repeats,
             "calls": args.calls, "rows": rows}
 

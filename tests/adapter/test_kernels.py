@@ -143,7 +143,8 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
 def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, monkeypatch, variant, out_dtype,
                                                                     shape, one_kernel):
     rows, d_in, d_out, rank = shape
-    monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", rows if one_kernel else rows - 1)
+    for limit in ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS"):
+        monkeypatch.setattr(kernels, limit, rows if one_kernel else rows - 1)
     assert kernels.fuses(rows, d_in, d_out) == one_kernel
     launched = []
     for name in ("add_fused_", "add_gated_", "add_lorentz_full_"):
@@ -207,9 +208,23 @@ def test_launches_run_on_the_device_of_their_tensors(monkeypatch):
 def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch):
     monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", 64)
     monkeypatch.setattr(kernels, "FUSED_MAX_WIDTH", 1000)
+    monkeypatch.setattr(kernels, "FUSED_NARROW_WIDTH", 100)
+    monkeypatch.setattr(kernels, "FUSED_NARROW_MAX_ROWS", 4096)
     assert kernels.fuses(64, 500, 250) and kernels.fuses(1, 10, 10)
     assert not kernels.fuses(65, 500, 250)  # too many tokens
     assert not kernels.fuses(1, 500, 251)  # too wide: each program reads d_in + 2 d_out weight rows
+    # narrow layers: up to FUSED_NARROW_MAX_ROWS tokens
+    assert kernels.fuses(4096, 50, 25) and not kernels.fuses(4097, 50, 25)
+    assert not kernels.fuses(65, 50, 26)  # one column wider than narrow: the general limit
+
+
+def test_one_kernel_limits_take_smollm2_prefill_and_not_a_wide_layers():
+    """The defaults: SmolLM2-135M's layers (q/o, k/v, up, down) batch a 64 x 64-token prefill into the one kernel;
+    Llama-3-8B's q/o layer (d_in + 2 d_out = 12288) takes it only up to 256 tokens."""
+    for d_in, d_out in [(576, 576), (576, 192), (576, 1536), (1536, 576)]:
+        assert kernels.fuses(64 * 64, d_in, d_out) and not kernels.fuses(16385, d_in, d_out)
+    assert kernels.fuses(256, 4096, 4096) and not kernels.fuses(257, 4096, 4096)
+    assert not kernels.fuses(1, 4096, 14336)
 
 
 def test_in_place_branch_applies_only_without_autograd_and_outside_its_limits(interpreted):

@@ -20,7 +20,8 @@ Without autograd (a prefill, eager decoding) there is no backward to feed, and t
 ``y = B A x`` by two matmuls, then one kernel (`add_gated_`) takes ``|x|`` and ``|y|`` per token, the gate, and
 adds ``scaling G y / s`` into the base layer's output in place. That is four launches per layer instead of seven.
 For up to `FUSED_MAX_ROWS` tokens, where the host's time per launch decides, and layers not wider than
-`FUSED_MAX_WIDTH`, one kernel (`add_fused_`) does it all, the cast of x and both matmuls included.
+`FUSED_MAX_WIDTH`, one kernel (`add_fused_`) does it all, the cast of x and both matmuls included; for narrow
+layers up to `FUSED_NARROW_MAX_ROWS` tokens (`fuses`).
 
 The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` with ``log_ratios = (rho_k,
 rho_s)`` (the layer's parameterisation) and are formed inside the kernel, which saves four scalar launches per
@@ -821,8 +822,15 @@ def _add_lorentz_full_block(rank: int) -> int:
 # matmuls and one `add_gated_`/`add_lorentz_full_` launch. Each program of the one kernel reads all of A and twice
 # all of B, one tile after another, so its GPU time grows with the width, while the launches it saves cost host
 # time (benchmarks/no_grad_branch.py times both paths per layer shape, benchmarks/prefill.py whole models).
+# Narrow layers (d_in + 2 d_out <= FUSED_NARROW_WIDTH: a SmolLM2-sized model's) take the one kernel up to
+# FUSED_NARROW_MAX_ROWS tokens (a batched prefill): there its GPU time is about the matmul path's, and it saves that
+# path's three other launches, which bound a small model's prefill on the host. A wide layer's one kernel leaves
+# the GPU idle at a few hundred tokens (too few programs, each reading the whole of A and B) and runs several times
+# longer than the matmuls. (no_grad_branch.py; benchmarks/RESULTS.md, seventh session.)
 FUSED_MAX_ROWS = 256
 FUSED_MAX_WIDTH = 16384
+FUSED_NARROW_WIDTH = 4096
+FUSED_NARROW_MAX_ROWS = 16384
 
 
 def _fused_blocks(rank: int) -> tuple[dict, int]:
@@ -834,8 +842,10 @@ def _fused_blocks(rank: int) -> tuple[dict, int]:
 
 def fuses(rows: int, d_in: int, d_out: int) -> bool:
     """Whether `add_fused_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer (see
-    `FUSED_MAX_ROWS` and `FUSED_MAX_WIDTH`)."""
-    return rows <= FUSED_MAX_ROWS and d_in + 2 * d_out <= FUSED_MAX_WIDTH
+    `FUSED_MAX_ROWS`, `FUSED_MAX_WIDTH` and the narrow layers' `FUSED_NARROW_WIDTH`, `FUSED_NARROW_MAX_ROWS`)."""
+    width = d_in + 2 * d_out
+    max_rows = FUSED_NARROW_MAX_ROWS if width <= FUSED_NARROW_WIDTH else FUSED_MAX_ROWS
+    return rows <= max_rows and width <= FUSED_MAX_WIDTH
 
 
 @_on_tensor_device
