@@ -9,6 +9,7 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import sys
 
 import torch
@@ -110,6 +111,21 @@ def write_json_atomic(path: str, payload) -> None:
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(payload, handle, indent=2)
     os.replace(tmp, path)
+
+
+def median_interval(values: list, confidence: float = 0.95, resamples: int = 4000, seed: int = 0) -> tuple:
+    """A percentile bootstrap interval for the median of ``values`` (seeded: the same values give the same interval).
+
+    Timings on a shared machine drift and jump between repeats (benchmarks/RESULTS.md), so a median alone does not
+    say whether a 5% target was missed or the run was too noisy to tell."""
+    import random
+
+    if not values:
+        raise ValueError("median_interval needs at least one value")
+    rng = random.Random(seed)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - confidence) / 2
+    return medians[int(tail * (resamples - 1))], medians[int(round((1 - tail) * (resamples - 1)))]
 
 
 def device_kernels(prof) -> list:

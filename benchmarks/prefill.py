@@ -51,8 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fused-max-rows", default=None,
-                        help="comma-separated row limits of the one-kernel path to time each HypLoRA method under, side "
-                             "by side (the most tokens for which the no-grad branch is one kernel; 0: never); "
+                        help="comma-separated row limits of the one-kernel path to time each HypLoRA method under, "
+                             "side by side (the most tokens for which the no-grad branch is one kernel; 0: never); "
                              "default: the package's value only")
     parser.add_argument("--launches", action="store_true", help="count GPU kernels per forward (torch.profiler)")
     parser.add_argument("--host-profile", action="store_true",
@@ -141,7 +141,8 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
             label = METHOD_LABELS[method] + ("" if fused_rows is None else f", one kernel up to {fused_rows} tokens")
             hyplora = method.startswith("hyplora")
             row = {"method": method, "fused_max_rows": kernels.FUSED_MAX_ROWS if hyplora else None,
-                   "fused_narrow_max_rows": kernels.FUSED_NARROW_MAX_ROWS if hyplora else None, "label": label, "adapted_layers": layers, "forward_s": total[entry],
+                   "fused_narrow_max_rows": kernels.FUSED_NARROW_MAX_ROWS if hyplora else None, "label": label,
+                   "adapted_layers": layers, "forward_s": total[entry],
                    "host_s": host[entry], "forward_s_median": median, "host_s_median": statistics.median(host[entry]),
                    "ratio_to_lora": median / lora if lora else None,
                    "paired_ratio_to_lora_median": statistics.median(

@@ -47,6 +47,8 @@ def test_decode_smoke_run_reports_ratios_to_lora(tmp_path):
     paired = rows["hyplora-lorentz"]["paired_ratio_to_lora"]
     assert len(paired) == len(rows["lora"]["seconds"])
     assert rows["hyplora-lorentz"]["paired_ratio_to_lora_median"] == pytest.approx(statistics.median(paired))
+    low, high = rows["hyplora-lorentz"]["paired_ratio_to_lora_interval"]
+    assert min(paired) <= low <= statistics.median(paired) <= high <= max(paired)
     # the decoding steps alone: each repeat's full call minus its 1-token (prefill) call
     steps = {m: statistics.median(t - p for t, p in zip(rows[m]["seconds"], rows[m]["prefill_seconds"]))
              for m in ("lora", "hyplora-lorentz")}
@@ -117,6 +119,66 @@ def test_decode_step_smoke_run_times_the_compiled_step_of_each_method(tmp_path):
         assert row["host_profile"] and row["host_profile"][0]["own_us_per_step"] > 0
     with pytest.raises(AssertionError, match="unknown methods"):
         run_script("decode_step.py", "--tiny", "--methods", "lora,dora")
+
+
+def _import_from_benchmarks(module: str):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return __import__(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_median_interval_holds_the_median_and_widens_with_noise():
+    median_interval = _import_from_benchmarks("_common").median_interval
+    assert median_interval([0.97] * 12) == (0.97, 0.97)
+    quiet = [0.96, 0.962, 0.958, 0.961, 0.959, 0.963, 0.957, 0.96, 0.961, 0.959, 0.96, 0.962]
+    noisy = [0.85, 1.05, 0.9, 1.1, 0.95, 0.8, 1.0, 0.97, 0.88, 1.02, 0.93, 0.99]
+    for values in (quiet, noisy):
+        low, high = median_interval(values)
+        assert min(values) <= low <= statistics.median(values) <= high <= max(values)
+        assert median_interval(values) == (low, high)  # seeded: the same values, the same interval
+    assert (lambda i: i[1] - i[0])(median_interval(noisy)) > 10 * (lambda i: i[1] - i[0])(median_interval(quiet))
+    with pytest.raises(ValueError):
+        median_interval([])
+
+
+def test_decode_verdict_is_undecided_when_the_run_cannot_tell():
+    decode = _import_from_benchmarks("decode")
+
+    def row(ratio, paired):
+        return {"ratio_to_lora": ratio, "paired_ratio_to_lora_median": statistics.median(paired),
+                "paired_ratio_to_lora_interval": decode.median_interval(paired)}
+
+    assert decode.verdict(row(0.97, [0.968, 0.97, 0.972, 0.969, 0.971, 0.97, 0.973, 0.967])) == "PASS"
+    assert decode.verdict(row(0.93, [0.928, 0.93, 0.932, 0.929, 0.931, 0.93, 0.933, 0.927])) == "FAIL"
+    # both estimates above the target, but repeats that scatter from 0.85 to 1.1
+    assert decode.verdict(row(0.97, [0.85, 1.05, 0.9, 1.1, 0.97, 0.8, 1.0, 0.97, 0.88, 1.02])) == "UNDECIDED"
+    # a tight paired median above the target does not pass with the ratio of medians below it
+    assert decode.verdict(row(0.94, [0.968, 0.97, 0.972, 0.969, 0.971, 0.97, 0.973, 0.967])) == "UNDECIDED"
+
+
+def test_decode_verdicts_rejudges_a_saved_run_and_rejects_other_files(tmp_path):
+    lora = [0.100, 0.101, 0.099, 0.100, 0.102, 0.100, 0.098, 0.101]
+    steady = [t / 0.97 for t in lora]  # 0.97 of LoRA's speed in every repeat
+    scattered = [t / r for t, r in zip(lora, [0.85, 1.05, 0.9, 1.1, 0.97, 0.8, 1.0, 0.97])]
+    rows = [{"method": "lora", "seconds": lora, "ratio_to_lora": 1.0},
+            {"method": "hyplora-lorentz", "seconds": steady,
+             "ratio_to_lora": statistics.median(lora) / statistics.median(steady)},
+            {"method": "hyplora-stereographic", "seconds": scattered,
+             "ratio_to_lora": statistics.median(lora) / statistics.median(scattered)}]
+    saved = tmp_path / "decode.json"
+    saved.write_text(json.dumps({"cases": [{"model": "smollm2", "batch": 1, "rows": rows}]}))
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "decode_verdicts.py"), str(saved)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split(" | ")[2]: line for line in result.stdout.splitlines() if line.startswith("| decode.json")}
+    assert lines["lorentz"].endswith("| PASS |") and lines["stereographic"].endswith("| UNDECIDED |")
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"results": []}))
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "decode_verdicts.py"), str(bad)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "not a decode.py result" in result.stderr
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
