@@ -22,10 +22,12 @@ def rows_of(path: str) -> list[dict]:
     """Every (case, HypLoRA method) of one saved run, with its verdict; ValueError for a file that is not one."""
     try:
         with open(path, encoding="utf-8") as handle:
-            payload = json.load(handle)
-        cases = payload["cases"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a decode.py result ({error})") from error
+            return _judge(json.load(handle)["cases"], path)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"{path}: not a decode.py result ({type(error).__name__}: {error})") from error
+
+
+def _judge(cases: list, path: str) -> list[dict]:
     out = []
     for case in cases:
         by_method = {row["method"]: row for row in case["rows"]}

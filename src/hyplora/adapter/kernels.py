@@ -825,8 +825,8 @@ def _add_lorentz_full_block(rank: int) -> int:
 # Narrow layers (d_in + 2 d_out <= FUSED_NARROW_WIDTH: a SmolLM2-sized model's) take the one kernel up to
 # FUSED_NARROW_MAX_ROWS tokens (a batched prefill): there its GPU time is about the matmul path's, and it saves that
 # path's three other launches, which bound a small model's prefill on the host. A wide layer's one kernel leaves
-# the GPU idle at a few hundred tokens (too few programs, each reading the whole of A and B) and runs several times
-# longer than the matmuls. (no_grad_branch.py; benchmarks/RESULTS.md, seventh session.)
+# the GPU idle at a few hundred tokens (too few programs, each reading the whole of A and B) and runs two to four
+# times longer than the matmuls. (no_grad_branch.py; benchmarks/RESULTS.md, seventh session.)
 FUSED_MAX_ROWS = 256
 FUSED_MAX_WIDTH = 16384
 FUSED_NARROW_WIDTH = 4096
