@@ -81,6 +81,32 @@ def check(variant: str, device: torch.device, compiled: bool = False) -> dict[st
     return errors
 
 
+def check_narrow_one_kernel(variant: str, device: torch.device, token_counts=(4096, 16384),
+                            shapes=((576, 576), (1536, 576))) -> dict[str, float]:
+    """The eager no-grad one kernel where `kernels.fuses` takes it for a batched prefill: SmolLM2's narrow layers
+    (d_in + 2 d_out <= kernels.FUSED_NARROW_WIDTH) at 4096 and 16384 tokens, against the float64 literal branch."""
+    gen = torch.Generator().manual_seed(2)
+    errors = {}
+    for d_in, d_out in shapes:
+        full = variant == "lorentz-full"
+        A = torch.randn(32, d_in + full, generator=gen) / d_in**0.5
+        B = torch.randn(d_out, 32 + full, generator=gen) / 32**0.5
+        K, s = torch.tensor([1.3]), torch.tensor([d_in**0.5])
+        log_ratios = torch.cat([K.log(), s.log()]).to(device)
+        for tokens in token_counts:
+            assert kernels.fuses(tokens, d_in, d_out), (tokens, d_in, d_out)
+            scales = torch.logspace(-3, 1.5, tokens)[:, None]
+            x = (torch.randn(tokens, d_in, generator=gen) * scales).to(torch.bfloat16)
+            reference = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K.double(), s.double(), 4.0,
+                                                     12.0)
+            out = torch.zeros(tokens, d_out, device=device)
+            with torch.no_grad():
+                Fn.add_gated_branch_(out, variant, x.to(device), A.to(device), B.to(device), log_ratios, 1.0, 1.0,
+                                     4.0, 12.0)
+            errors[f"{d_in}x{d_out}, {tokens} rows"] = relative_error(out, reference)
+    return errors
+
+
 def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
     """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x)."""
     gen = torch.Generator().manual_seed(1)
@@ -129,6 +155,14 @@ def main() -> int:
         print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
               + ("  OK" if worst <= TOLERANCE else "  FAIL"))
     if device.type == "cuda":
+        print("eager no-grad one kernel on narrow layers at a batched prefill's token counts, against the float64 "
+              "literal reference on the CPU:")
+        for variant in ["lorentz", "stereographic", "lorentz-full"]:
+            errors = check_narrow_one_kernel(variant, device)
+            worst = max(errors.values())
+            failed |= worst > TOLERANCE
+            print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+                  + ("  OK" if worst <= TOLERANCE else "  FAIL"))
         print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x:")
         for variant in ["lorentz", "stereographic", "lorentz-full"]:
             for x_dtype in (torch.bfloat16, torch.float32):
