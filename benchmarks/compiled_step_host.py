@@ -7,7 +7,9 @@ timing a whole `generate` call:
 - how many graphs dynamo compiled for the decoding step, and how many graph breaks it hit (each break is a
   separate compiled call, with its own guards and, on a GPU, its own CUDA graph replay);
 - how long the compiled step's guard check takes: the check dynamo runs before every call, timed alone by
-  calling the cache entry's guard manager on the step's arguments (the minimum of --samples timings), and how
+  calling the cache entry's guard manager on the step's arguments (the minimum of --samples timings, every
+  model compiled first and kept, then timed in turn in each round, so that a slow spell of the machine falls on
+  all of them), and how
   many nodes (attribute or item accesses, and leaf guards) its guard tree has, a count that does not vary from
   run to run.
 
@@ -46,7 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--layers", default="6,12", help="comma-separated layer counts (the slope gives per-layer costs)")
     parser.add_argument("--full-size", action="store_true", help="SmolLM2's real widths instead of small ones")
     parser.add_argument("--checks", type=int, default=500, help="guard checks timed per sample")
-    parser.add_argument("--samples", type=int, default=20, help="timed samples; the minimum is reported")
+    parser.add_argument("--samples", type=int, default=20,
+                        help="timed rounds (every model once per round); the minimum is reported")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the results here")
     return parser.parse_args(argv)
@@ -65,24 +68,31 @@ def build(method: str, layers: int, args):
     return model.eval()
 
 
-def measure(method: str, layers: int, args) -> dict:
+def prepare(method: str, layers: int, args) -> dict:
+    """Compile one model's decoding step and record the step's arguments; the model stays alive (with its cache
+    entry) so that every model's guard check can be timed in turn, interleaved."""
     from torch._dynamo.utils import counters
     from transformers import StaticCache
     from transformers.generation.configuration_utils import CompileConfig
 
-    torch._dynamo.reset()
-    counters.clear()
+    graphs_before = int(counters["stats"]["unique_graphs"])
+    breaks_before = int(sum(counters["graph_break"].values()))
     model = build(method, layers, args)
     compile_config = CompileConfig(mode="default" if args.device == "cpu" else "reduce-overhead")
     compile_config._compile_all_devices = True  # a CPU too, for this diagnostic
     ids = torch.randint(1, model.config.vocab_size, (1, 8), device=args.device)
     cache = StaticCache(config=model.config, max_cache_len=24)
-    for _ in range(2):
+
+    def run_generate(new_tokens: int = 3):
         cache.reset()
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
-                       do_sample=False, past_key_values=cache, compile_config=compile_config, pad_token_id=0)
-    graphs = int(counters["stats"]["unique_graphs"])
-    breaks = int(sum(counters["graph_break"].values()))
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, past_key_values=cache,
+                       compile_config=compile_config, pad_token_id=0)
+
+    for _ in range(2):
+        run_generate(4)
+    graphs = int(counters["stats"]["unique_graphs"]) - graphs_before
+    breaks = int(sum(counters["graph_break"].values())) - breaks_before
 
     # The guarded frame is the model's forward (dynamo steps over nn.Module's call wrappers). Its locals are the
     # arguments generate passes to the compiled call: record them on one more call, then replay them.
@@ -90,31 +100,36 @@ def measure(method: str, layers: int, args) -> dict:
     entries = torch._C._dynamo.eval_frame._debug_get_cache_entry_list(code)
     if not entries:
         raise RuntimeError(f"{method}: no compiled entry for {type(model).__name__}.forward")
-
-    def run_generate():
-        cache.reset()
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, min_new_tokens=3,
-                       do_sample=False, past_key_values=cache, compile_config=compile_config, pad_token_id=0)
-
     call_args, call_kwargs = last_compiled_step_call(model, run_generate)
     frame_locals = _frame_locals(type(model).forward, model, call_args, call_kwargs)
-    guard_manager = entries[0].guard_manager
+    # the models of one run share the code object: this model's entry is the one whose guards its call passes
     with torch.no_grad():
-        passes = bool(guard_manager.check(frame_locals))
-        if not passes:  # the timing below would then measure a check that stops at its first failure
+        passing = [entry.guard_manager for entry in entries if entry.guard_manager.check(frame_locals)]
+        guard_manager = passing[0] if passing else entries[0].guard_manager  # newest first
+        if not passing:  # the timing would then measure a check that stops at its first failure
             reason = guard_manager.check_verbose(frame_locals).verbose_code_parts[:1]
             print(f"warning: {method}, {layers} layers: the recorded call fails its guards ({reason})")
-        samples = []
-        for _ in range(args.samples):
-            start = time.perf_counter()
-            for _ in range(args.checks):
-                guard_manager.check(frame_locals)
-            samples.append((time.perf_counter() - start) / args.checks * 1e6)
     adapted = sum(1 for m in model.modules() if hasattr(m, "lora_A")) if method != "base" else 0
-    # the check is deterministic work, so noise (other load, clocks) only adds to it: the minimum estimates it
-    return {"method": method, "layers": layers, "adapted_layers": adapted, "graphs": graphs, "graph_breaks": breaks,
-            "cache_entries": len(entries), "guards_pass": passes, "guard_check_us": min(samples),
-            "guard_check_us_median": statistics.median(samples), "guard_nodes": guard_nodes(guard_manager.root)}
+    return {"row": {"method": method, "layers": layers, "adapted_layers": adapted, "graphs": graphs,
+                    "graph_breaks": breaks, "guards_pass": bool(passing),
+                    "guard_nodes": guard_nodes(guard_manager.root)},
+            "guard_manager": guard_manager, "frame_locals": frame_locals, "keep": (model, cache)}
+
+
+def time_guard_checks(prepared: list[dict], args) -> None:
+    """Time every model's guard check, the models taking turns in each of --samples rounds (so that a slow spell
+    of the machine falls on all of them); the minimum estimates the check, a deterministic piece of work."""
+    samples = [[] for _ in prepared]
+    with torch.no_grad():
+        for _ in range(args.samples):
+            for entry, times in zip(prepared, samples):
+                check, frame_locals = entry["guard_manager"].check, entry["frame_locals"]
+                start = time.perf_counter()
+                for _ in range(args.checks):
+                    check(frame_locals)
+                times.append((time.perf_counter() - start) / args.checks * 1e6)
+    for entry, times in zip(prepared, samples):
+        entry["row"].update(guard_check_us=min(times), guard_check_us_median=statistics.median(times))
 
 
 def guard_nodes(manager) -> int:
@@ -147,7 +162,9 @@ def main(argv=None) -> int:
     header = [f"device: {device_name(torch.device(args.device))}", versions_line(),
               f"SmolLM2 layer structure ({'real' if args.full_size else 'small'} widths), r=8 on q, k, v, up, down"]
     print("\n".join(header))
-    rows = [measure(method, layers, args) for method in methods for layers in layer_counts]
+    prepared = [prepare(method, layers, args) for method in methods for layers in layer_counts]
+    time_guard_checks(prepared, args)
+    rows = [entry["row"] for entry in prepared]
     print("\n| method | layers | adapted layers | graphs | graph breaks | guards pass | guard nodes | guard check us "
           "(min) |")
     print("|---|---:|---:|---:|---:|---|---:|---:|")
