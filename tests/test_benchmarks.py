@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -179,6 +180,20 @@ def test_decode_verdicts_rejudges_a_saved_run_and_rejects_other_files(tmp_path):
     result = subprocess.run([sys.executable, str(BENCHMARKS / "decode_verdicts.py"), str(bad)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "not a decode.py result" in result.stderr
+
+
+def test_gpu_check_narrow_layer_check_runs_small_in_the_interpreter():
+    """gpu_check.py's check of the one kernel at a batched prefill's token counts (run on the GPU), here at small
+    sizes on the CPU through Triton's interpreter, so that it cannot rot unnoticed between GPU sessions."""
+    pytest.importorskip("triton")
+    from hyplora.adapter import kernels
+    if not kernels.INTERPRET:
+        pytest.skip("Triton's interpreter is off (tests/conftest.py turns it on where there is no GPU)")
+    gpu_check = _import_from_benchmarks("gpu_check")
+    for variant in ("lorentz", "stereographic", "lorentz-full"):
+        errors = gpu_check.check_narrow_one_kernel(variant, torch.device("cpu"), token_counts=(40,),
+                                                   shapes=((24, 16), (40, 8)))
+        assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():
