@@ -93,6 +93,10 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true",
                         help="after the timed runs, profile one generate call per method (torch.profiler): GPU busy "
                              "time and kernels per generated token, and the kernels that take the most GPU time")
+    parser.add_argument("--split-max-rows", type=int, default=None,
+                        help="set kernels.FUSED_SPLIT_MAX_ROWS for this run: wide layers take the one-kernel no-grad "
+                             "path, with d_out split across programs, up to this many tokens (default: the "
+                             "package's value; eager decoding only, compiled steps do not use it)")
     parser.add_argument("--host-profile", action="store_true",
                         help="after the timed runs, run one generate call per method under cProfile: the Python "
                              "functions that take the most host time (where a host-bound step spends it)")
@@ -381,6 +385,12 @@ def main(argv=None) -> int:
         compile_models_independently(4 * len(args.method_list) * len(args.batch_list) * len(args.models))
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hyplora.adapter import kernels
+
+    if args.split_max_rows is not None:
+        if args.split_max_rows < 0:
+            raise SystemExit(f"--split-max-rows must be >= 0, got {args.split_max_rows}")
+        kernels.FUSED_SPLIT_MAX_ROWS = args.split_max_rows
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     from transformers.utils import logging as hf_logging
@@ -390,7 +400,8 @@ def main(argv=None) -> int:
 
     header = [f"device: {device_name(device)}" + (f", torch threads {torch.get_num_threads()}"
                                                    if device.type == "cpu" else ""),
-              versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')}",
+              versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')} | "
+              f"kernels.FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
               f"{args.cache} KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
               f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]

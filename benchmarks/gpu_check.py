@@ -107,6 +107,42 @@ def check_narrow_one_kernel(variant: str, device: torch.device, token_counts=(40
     return errors
 
 
+def check_split_one_kernel(variant: str, device: torch.device, token_counts=(1, 16),
+                           shapes=((4096, 14336), (14336, 4096)), columns: int | None = None) -> dict[str, float]:
+    """The eager no-grad one kernel on wide layers with ``|y|`` from B's Gram matrix and ``d_out`` split across
+    programs (`kernels.splits`, off by default: switched on here), against the float64 literal branch."""
+    gen = torch.Generator().manual_seed(3)
+    errors = {}
+    names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "FUSED_SPLIT_MAX_ROWS", "FUSED_SPLIT_COLUMNS")
+    saved = {name: getattr(kernels, name) for name in names}
+    # the split path for every shape given (small ones too, for the CI run of this check)
+    kernels.FUSED_MAX_ROWS = kernels.FUSED_NARROW_MAX_ROWS = 0
+    kernels.FUSED_SPLIT_MAX_ROWS = max(token_counts)
+    kernels.FUSED_SPLIT_COLUMNS = columns or kernels.FUSED_SPLIT_COLUMNS
+    try:
+        for d_in, d_out in shapes:
+            full = variant == "lorentz-full"
+            A = torch.randn(32, d_in + full, generator=gen) / d_in**0.5
+            B = torch.randn(d_out, 32 + full, generator=gen) / 32**0.5
+            K, s = torch.tensor([1.3]), torch.tensor([d_in**0.5])
+            log_ratios = torch.cat([K.log(), s.log()]).to(device)
+            A_dev, B_dev = A.to(device), B.to(device)
+            for tokens in token_counts:
+                assert kernels.splits(tokens, d_in, d_out), (tokens, d_in, d_out)
+                scales = torch.logspace(-3, 1.5, tokens)[:, None]
+                x = (torch.randn(tokens, d_in, generator=gen) * scales).to(torch.bfloat16)
+                reference = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K.double(), s.double(),
+                                                         4.0, 12.0)
+                out = torch.zeros(tokens, d_out, device=device)
+                with torch.no_grad():
+                    Fn.add_gated_branch_(out, variant, x.to(device), A_dev, B_dev, log_ratios, 1.0, 1.0, 4.0, 12.0)
+                errors[f"{d_in}x{d_out}, {tokens} rows"] = relative_error(out, reference)
+    finally:
+        for name, value in saved.items():
+            setattr(kernels, name, value)
+    return errors
+
+
 def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
     """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x)."""
     gen = torch.Generator().manual_seed(1)
@@ -159,6 +195,14 @@ def main() -> int:
               "literal reference on the CPU:")
         for variant in ["lorentz", "stereographic", "lorentz-full"]:
             errors = check_narrow_one_kernel(variant, device)
+            worst = max(errors.values())
+            failed |= worst > TOLERANCE
+            print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+                  + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+        print("eager no-grad one kernel on wide layers, |y| from B's Gram matrix, d_out split (switched on for "
+              "this check), against the float64 literal reference on the CPU:")
+        for variant in ["lorentz", "stereographic", "lorentz-full"]:
+            errors = check_split_one_kernel(variant, device)
             worst = max(errors.values())
             failed |= worst > TOLERANCE
             print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())

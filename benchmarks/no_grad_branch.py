@@ -5,8 +5,9 @@ eager decoding step). Up to `kernels.FUSED_MAX_ROWS` tokens (`kernels.FUSED_NARR
 ``d_in + 2 d_out`` at most `kernels.FUSED_NARROW_WIDTH`) and a width ``d_in + 2 d_out`` of at most
 `kernels.FUSED_MAX_WIDTH` it makes one Triton launch (`kernels.add_fused_`), whose programs each read A once
 and B twice, one tile after another; beyond, it makes four launches (cast of x, two cuBLAS matmuls, one Triton
-kernel). This script times both paths for each (d_in, d_out) of the benchmark models and several token
-counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around back-to-back calls
+kernel). Where `kernels.splits` says so (up to `kernels.FUSED_SPLIT_MAX_ROWS` tokens, off by default), the one
+kernel takes ``|y|`` from B's Gram matrix and splits d_out across programs ("one kernel, split"). This script
+times the three paths for each (d_in, d_out) of the benchmark models and several token counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around back-to-back calls
 of a path whose launches are queued ahead, then the same calls timed on the host until they return, which
 is the host's cost while the GPU keeps up). The dispatch limits in `kernels` are read off this table: the
 one-kernel path pays in GPU time what it saves in host time.
@@ -55,11 +56,12 @@ def main(argv=None) -> int:
               f"no-grad branch, variant {args.variant}, r={args.rank}, bf16 x and output, float32 adapter"]
     print("\n".join(header))
     print("\n| d_in | d_out | tokens | one kernel: GPU us | host us | matmuls + kernel: GPU us | host us | "
-          "default path |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---|")
+          "one kernel, split: GPU us | host us | default path |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     full = args.variant == "lorentz-full"
     rows_out = []
-    names = ("FUSED_MAX_ROWS", "FUSED_MAX_WIDTH", "FUSED_NARROW_WIDTH", "FUSED_NARROW_MAX_ROWS")
+    names = ("FUSED_MAX_ROWS", "FUSED_MAX_WIDTH", "FUSED_NARROW_WIDTH", "FUSED_NARROW_MAX_ROWS",
+             "FUSED_SPLIT_MAX_ROWS")
     limits = {name: getattr(kernels, name) for name in names}
 
     def set_limits(values: dict) -> None:
@@ -76,11 +78,14 @@ def main(argv=None) -> int:
                 x = torch.randn(rows, d_in, device=device, generator=generator).to(torch.bfloat16)
                 out = torch.zeros(rows, d_out, device=device, dtype=torch.bfloat16)
                 set_limits(limits)
-                default = "one kernel" if kernels.fuses(rows, d_in, d_out) else "matmuls + kernel"
+                default = ("one kernel" if kernels.fuses(rows, d_in, d_out) else "one kernel, split"
+                           if kernels.splits(rows, d_in, d_out) else "matmuls + kernel")
                 timings = {}
-                for name, fused in (("one kernel", True), ("matmuls + kernel", False)):
-                    width = d_in + 2 * d_out
-                    set_limits(dict(zip(names, (rows, width, width, rows) if fused else (0, 0, 0, 0))))
+                width = d_in + 2 * d_out
+                forced = {"one kernel": (rows, width, width, rows, 0), "matmuls + kernel": (0, 0, 0, 0, 0),
+                          "one kernel, split": (0, 0, 0, 0, rows)}
+                for name, values in forced.items():
+                    set_limits(dict(zip(names, values)))
 
                     def call():
                         Fn.add_gated_branch_(out, args.variant, x, A, B, log_ratios, 1.0, d_in**0.5, 2.0, 12.0)
@@ -103,12 +108,12 @@ def main(argv=None) -> int:
                     host_us = (time.perf_counter() - begin) * 1e6 / args.calls
                     torch.cuda.synchronize()
                     timings[name] = (gpu_us, host_us)
-                (fg, fh), (mg, mh) = timings["one kernel"], timings["matmuls + kernel"]
-                print(f"| {d_in} | {d_out} | {rows} | {fg:.1f} | {fh:.1f} | {mg:.1f} | {mh:.1f} | {default} |",
-                      flush=True)
+                (fg, fh), (mg, mh), (sg, sh) = (timings[name] for name in forced)
+                print(f"| {d_in} | {d_out} | {rows} | {fg:.1f} | {fh:.1f} | {mg:.1f} | {mh:.1f} | {sg:.1f} | {sh:.1f} "
+                      f"| {default} |", flush=True)
                 rows_out.append({"d_in": d_in, "d_out": d_out, "tokens": rows, "one_kernel_gpu_us": fg,
                                  "one_kernel_host_us": fh, "matmuls_gpu_us": mg, "matmuls_host_us": mh,
-                                 "default": default})
+                                 "split_gpu_us": sg, "split_host_us": sh, "default": default})
     finally:
         set_limits(limits)
     if args.json:

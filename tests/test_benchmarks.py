@@ -182,7 +182,7 @@ def test_decode_verdicts_rejudges_a_saved_run_and_rejects_other_files(tmp_path):
     assert result.returncode == 2 and "not a decode.py result" in result.stderr
 
 
-def test_gpu_check_narrow_layer_check_runs_small_in_the_interpreter():
+def test_gpu_check_one_kernel_checks_run_small_in_the_interpreter():
     """gpu_check.py's check of the one kernel at a batched prefill's token counts (run on the GPU), here at small
     sizes on the CPU through Triton's interpreter, so that it cannot rot unnoticed between GPU sessions."""
     pytest.importorskip("triton")
@@ -194,6 +194,11 @@ def test_gpu_check_narrow_layer_check_runs_small_in_the_interpreter():
         errors = gpu_check.check_narrow_one_kernel(variant, torch.device("cpu"), token_counts=(40,),
                                                    shapes=((24, 16), (40, 8)))
         assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
+        # the wide-layer check, switched on inside it and off again after it
+        errors = gpu_check.check_split_one_kernel(variant, torch.device("cpu"), token_counts=(1, 5),
+                                                  shapes=((24, 40),), columns=16)
+        assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
+        assert kernels.FUSED_SPLIT_MAX_ROWS == 0
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():

@@ -139,13 +139,18 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 # rows, d_in, d_out, rank: longer than a block, rows that do not fill a block of tokens, ranks past a power of 2
 @pytest.mark.parametrize("shape", [(40, 32, 24, 8), (3, 2500, 1100, 5), (37, 130, 70, 33)])
-@pytest.mark.parametrize("one_kernel", [True, False], ids=["one-kernel", "matmuls-and-kernel"])
+@pytest.mark.parametrize("path", ["one-kernel", "matmuls-and-kernel", "split"])
 def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, monkeypatch, variant, out_dtype,
-                                                                    shape, one_kernel):
+                                                                    shape, path):
     rows, d_in, d_out, rank = shape
+    one_kernel = path != "matmuls-and-kernel"
     for limit in ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS"):
-        monkeypatch.setattr(kernels, limit, rows if one_kernel else rows - 1)
-    assert kernels.fuses(rows, d_in, d_out) == one_kernel
+        monkeypatch.setattr(kernels, limit, rows if path == "one-kernel" else rows - 1)
+    # "split": d_out in slices of 16 columns (several programs per token block; the last slice partial)
+    monkeypatch.setattr(kernels, "FUSED_SPLIT_MAX_ROWS", rows if path == "split" else 0)
+    monkeypatch.setattr(kernels, "FUSED_SPLIT_COLUMNS", 16)
+    assert kernels.fuses(rows, d_in, d_out) == (path == "one-kernel")
+    assert kernels.splits(rows, d_in, d_out) == (path == "split")
     launched = []
     for name in ("add_fused_", "add_gated_", "add_lorentz_full_"):
         original = getattr(kernels, name)
@@ -170,6 +175,40 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
         ulp = expected.abs() * 2.0**-7
         assert ((out.double() - expected).abs() <= ulp + 1e-30).all()
         assert not torch.equal(out, base)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_split_one_kernel_follows_in_place_changes_of_B(interpreted, monkeypatch, variant):
+    """The wide-layer one kernel takes |y| from a cached Gram matrix of B: an optimizer step (an in-place change)
+    or a new B must not leave it stale."""
+    rows, d_in, d_out, rank = 5, 48, 40, 8
+    monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", 0)
+    monkeypatch.setattr(kernels, "FUSED_NARROW_MAX_ROWS", 0)
+    monkeypatch.setattr(kernels, "FUSED_SPLIT_MAX_ROWS", rows)
+    monkeypatch.setattr(kernels, "FUSED_SPLIT_COLUMNS", 16)
+    x, A, B, log_ratios = _inputs(rows, d_in, d_out, rank, 1.0, variant=variant)
+    B = torch.nn.Parameter(B)
+    K, s = 1.3 * torch.exp(log_ratios[0:1].double()), math.sqrt(d_in) * torch.exp(log_ratios[1:2].double())
+
+    def branch():
+        out = torch.zeros(rows, d_out, device=DEVICE)
+        with torch.no_grad():
+            Fn.add_gated_branch_(out, variant, x, A, B, log_ratios, 1.3, math.sqrt(d_in), 2.0, 6.0)
+        return out
+
+    def literal():
+        return Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.detach().double(), K, s, 2.0, 6.0)
+
+    _close(branch(), literal(), 1e-5, "split, first B")
+    first_gram = kernels.cached_gram(B)
+    assert kernels.cached_gram(B) is first_gram  # reused while B is unchanged
+    with torch.no_grad():
+        B.mul_(3.0).add_(0.05)  # an in-place change, as an optimizer step makes
+    _close(branch(), literal(), 1e-5, "split, after an in-place change of B")
+    assert kernels.cached_gram(B) is not first_gram
+    with torch.inference_mode():
+        B_inference = B.detach().clone()
+    assert torch.equal(kernels.cached_gram(B_inference), kernels.cached_gram(B))
 
 
 def test_launches_run_on_the_device_of_their_tensors(monkeypatch):
@@ -225,6 +264,7 @@ def test_one_kernel_limits_take_smollm2_prefill_and_not_a_wide_layers():
         assert kernels.fuses(64 * 64, d_in, d_out) and not kernels.fuses(16385, d_in, d_out)
     assert kernels.fuses(256, 4096, 4096) and not kernels.fuses(257, 4096, 4096)
     assert not kernels.fuses(1, 4096, 14336)
+    assert not kernels.splits(1, 4096, 14336)  # the split one kernel for wide layers: off until timed on a GPU
 
 
 def test_in_place_branch_applies_only_without_autograd_and_outside_its_limits(interpreted):

@@ -599,7 +599,9 @@ def add_gated_branch_(
     """``out += gated_branch(...)`` in place, without autograd (where `adds_in_place` says so).
 
     This is the eager no-grad path (a prefill, eager decoding), where every launch costs host time. For few
-    tokens and layers not too wide (`kernels.fuses`), one Triton kernel does everything (`kernels.add_fused_`).
+    tokens and layers not too wide (`kernels.fuses`), one Triton kernel does everything (`kernels.add_fused_`);
+    where `kernels.splits` says so (wide layers, few tokens; off by default), the same kernel with ``|y|`` from
+    B's cached Gram matrix and ``d_out`` split across programs.
     Otherwise LoRA's two matmuls give ``y = B A x`` (float32), and one Triton kernel takes ``|x|`` and ``|y|``,
     the gate, and adds ``(scaling G / s) y`` to ``out``, rounding once to its dtype. Either replaces the Gram
     matrix, the rank-space kernel, the norm of x and the separate sum into ``out`` of the training path.
@@ -610,6 +612,11 @@ def add_gated_branch_(
     out2 = out.view(-1, out.shape[-1])
     if kernels.fuses(x2.shape[0], x2.shape[1], out2.shape[1]):  # few tokens: one launch in all, where host time per launch decides
         kernels.add_fused_(out2, x2, A.contiguous(), B.contiguous(), log_ratios, k0, s0, variant, scaling, theta_max)
+        return
+    if kernels.splits(x2.shape[0], x2.shape[1], out2.shape[1]):  # wide layers: |y| from B's Gram matrix
+        B = B.contiguous()
+        kernels.add_fused_(out2, x2, A.contiguous(), B, log_ratios, k0, s0, variant, scaling, theta_max,
+                           gram=kernels.cached_gram(B))
         return
     if variant == "lorentz-full":
         # y = B P splits into LoRA's two matmuls on the space coordinates, B's time column and B_s A[:, 0]

@@ -126,7 +126,9 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
     configs.append(("_add_lorentz_full_kernel", {"BLOCK": 1024, "BLOCK_R": _add_lorentz_full_block(rank)}, 4))
     fused, fused_warps = _fused_blocks(rank)
     for variant, time in ((0, 0), (1, 0), (2, 1)):
-        configs.append(("_add_fused_kernel", {"VARIANT": variant, "TIME": time, **fused}, fused_warps))
+        for gram in (0, 1):
+            configs.append(("_add_fused_kernel", {"VARIANT": variant, "TIME": time, "GRAM": gram, **fused},
+                            fused_warps))
     configs += [
         ("_gate_backward_kernel", {"BLOCK_T": block_t, "BLOCK_R": block_r}, warps),
         ("_lorentz_full_backward_kernel", *_full_backward_config(rank)),
@@ -575,26 +577,10 @@ if triton is not None:
         return y
 
     @triton.jit
-    def _add_fused_kernel(
-        out_ptr, x_ptr, a_ptr, b_ptr, log_ratios_ptr, ROWS, D_IN, D_OUT, R, A_STRIDE, B_STRIDE, k0, s0, scaling,
-        theta_max, sinh_theta_max, VARIANT: tl.constexpr, TIME: tl.constexpr, BLOCK_T: tl.constexpr,
-        BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
-    ):
-        """A block of tokens per program, the whole no-grad branch in one launch: ``out += branch(x)``.
-
-        Pass 1 forms ``a = x A_s^T`` and ``|x|`` (x in its own dtype, A in float32, products in float32); pass 2
-        forms ``y = B a`` a tile at a time for ``|y|``; pass 3 forms the tiles again and adds ``factor y`` into
-        ``out``. "lorentz" and "stereographic": ``factor = scaling G(|x| / s, |y| / s) / s``. "lorentz-full"
-        (VARIANT 2, TIME 1: A and B carry time columns 0): ``a`` becomes the point's space part ``h = (g1 / s) a +
-        sqrt(K) cosh(c) A[:, 0]``, ``y = t B[:, 0] + B_s h`` with ``t = sqrt(K + |h|^2)``, and ``factor = scaling
-        asinhc(|y| / sqrt(K))``. B is read twice instead of storing y: for the few tokens of a prefill or an
-        eager decoding step, launches cost more than the reads. The products are "tf32x3" (three TF32
-        tensor-core products per float32 product, accurate to float32): with exact float32 products ("ieee",
-        as the other kernels use) this kernel's GPU time was several times larger (benchmarks/RESULTS.md)."""
-        rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
-        row_mask = rows < ROWS
-        ranks = tl.arange(0, BLOCK_R)
-        r_mask = ranks < R
+    def _fused_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, D_IN, A_STRIDE, K, s, theta_max, sinh_theta_max,
+                     TIME: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+        """Pass 1 of `_add_fused_kernel`: ``(a, |x|^2, t)`` for a block of tokens, with ``a = x A_s^T`` ("lorentz",
+        "stereographic"; ``t = 0``) or the point's space part ``h`` and time coordinate ``t`` ("lorentz-full")."""
         a = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         squared_x = tl.zeros([BLOCK_T], dtype=tl.float32)
         for start in range(0, D_IN, BLOCK_K):
@@ -606,11 +592,9 @@ if triton is not None:
             weight = tl.load(a_ptr + TIME + ranks[:, None] * A_STRIDE + cols[None, :],
                              mask=r_mask[:, None] & col_mask[None, :], other=0.0)
             a = tl.dot(x, tl.trans(weight), a, input_precision="tf32x3")
-        K = k0 * tl.exp(tl.load(log_ratios_ptr))
-        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
-        sqrt_k = tl.sqrt(K)
         t = tl.zeros([BLOCK_T], dtype=tl.float32)
         if TIME:
+            sqrt_k = tl.sqrt(K)
             theta = tl.maximum(tl.sqrt(squared_x) / s, 1e-30) / sqrt_k
             c = tl.minimum(theta, theta_max)
             sinhc, _ = _sinhc_and_prime(c)
@@ -620,21 +604,74 @@ if triton is not None:
             a_time = tl.load(a_ptr + ranks * A_STRIDE, mask=r_mask, other=0.0)
             a = g1_s[:, None] * a + kcosh[:, None] * a_time[None, :]
             t = tl.sqrt(tl.sum(a * a, axis=1) + K)
-        squared_y = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for start in range(0, D_OUT, BLOCK_N):
-            rows_n = start + tl.arange(0, BLOCK_N)
-            y = _fused_y_tile(a, b_ptr, rows_n, rows_n < D_OUT, ranks, r_mask, B_STRIDE, t, TIME)
-            squared_y += tl.sum(y * y, axis=1)
+        return a, squared_x, t
+
+    @triton.jit
+    def _gram_squared_norm(a, t, m_ptr, ranks, r_mask, M_STRIDE, TIME: tl.constexpr):
+        """``|y|^2 = p^T (B^T B) p`` per token from the Gram matrix of B (``m_ptr``, (R + TIME) squared, rows of
+        ``M_STRIDE``), with ``p = a`` or, for "lorentz-full", ``p = (t, h)``: no pass over B."""
+        m = tl.load(m_ptr + (TIME + ranks[:, None]) * M_STRIDE + TIME + ranks[None, :],
+                    mask=r_mask[:, None] & r_mask[None, :], other=0.0)
+        squared = tl.sum(tl.dot(a, m, input_precision="tf32x3") * a, axis=1)
+        if TIME:
+            m_time = tl.load(m_ptr + TIME + ranks, mask=r_mask, other=0.0)
+            squared += 2.0 * t * tl.sum(a * m_time[None, :], axis=1) + t * t * tl.load(m_ptr)
+        return tl.maximum(squared, 0.0)
+
+    @triton.jit
+    def _add_fused_kernel(
+        out_ptr, x_ptr, a_ptr, b_ptr, log_ratios_ptr, m_ptr, ROWS, D_IN, D_OUT, R, A_STRIDE, B_STRIDE, M_STRIDE,
+        SLICE, k0, s0, scaling, theta_max, sinh_theta_max, VARIANT: tl.constexpr, TIME: tl.constexpr,
+        GRAM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+    ):
+        """A block of tokens per program, the whole no-grad branch in one launch: ``out += branch(x)``.
+
+        Pass 1 forms ``a = x A_s^T`` and ``|x|`` (x in its own dtype, A in float32, products in float32); pass 2
+        forms ``y = B a`` a tile at a time for ``|y|``; pass 3 forms the tiles again and adds ``factor y`` into
+        ``out``. "lorentz" and "stereographic": ``factor = scaling G(|x| / s, |y| / s) / s``. "lorentz-full"
+        (VARIANT 2, TIME 1: A and B carry time columns 0): ``a`` becomes the point's space part ``h = (g1 / s) a +
+        sqrt(K) cosh(c) A[:, 0]``, ``y = t B[:, 0] + B_s h`` with ``t = sqrt(K + |h|^2)``, and ``factor = scaling
+        asinhc(|y| / sqrt(K))``. B is read twice instead of storing y: for the few tokens of a prefill or an
+        eager decoding step, launches cost more than the reads. The products are "tf32x3" (three TF32
+        tensor-core products per float32 product, accurate to float32): with exact float32 products ("ieee",
+        as the other kernels use) this kernel's GPU time was several times larger (benchmarks/RESULTS.md).
+
+        GRAM = 1 (wide layers): pass 2 takes ``|y|^2`` from the Gram matrix of B (``m_ptr``) instead, and the
+        second grid axis splits ``d_out`` into slices of ``SLICE`` columns, each program adding its slice; one
+        program would otherwise read the whole of B twice alone. GRAM = 0 has one slice of all ``D_OUT``."""
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_mask = rows < ROWS
+        ranks = tl.arange(0, BLOCK_R)
+        r_mask = ranks < R
+        K = k0 * tl.exp(tl.load(log_ratios_ptr))
+        s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
+        a, squared_x, t = _fused_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, D_IN, A_STRIDE, K, s, theta_max,
+                                       sinh_theta_max, TIME, BLOCK_T, BLOCK_K, BLOCK_R)
+        if GRAM:
+            squared_y = _gram_squared_norm(a, t, m_ptr, ranks, r_mask, M_STRIDE, TIME)
+        else:
+            squared_y = tl.zeros([BLOCK_T], dtype=tl.float32)
+            for start in range(0, D_OUT, BLOCK_N):
+                rows_n = start + tl.arange(0, BLOCK_N)
+                y = _fused_y_tile(a, b_ptr, rows_n, rows_n < D_OUT, ranks, r_mask, B_STRIDE, t, TIME)
+                squared_y += tl.sum(y * y, axis=1)
         norm_y = tl.sqrt(tl.maximum(squared_y, 1e-30))
         if TIME:
-            g2, _ = _asinhc_and_prime(norm_y / sqrt_k)
+            g2, _ = _asinhc_and_prime(norm_y / tl.sqrt(K))
             factor = scaling * g2
         else:
             G, _, _, _ = _gates(tl.sqrt(squared_x) / s, norm_y / s, K, theta_max, sinh_theta_max, VARIANT)
             factor = scaling * G / s
-        for start in range(0, D_OUT, BLOCK_N):
+        if GRAM:
+            first = tl.program_id(1) * SLICE
+            end = tl.minimum(first + SLICE, D_OUT)
+        else:  # the one slice: constant loop bounds, as before GRAM existed
+            first = 0
+            end = D_OUT
+        for start in range(first, end, BLOCK_N):
             rows_n = start + tl.arange(0, BLOCK_N)
-            n_mask = rows_n < D_OUT
+            n_mask = rows_n < end
             y = _fused_y_tile(a, b_ptr, rows_n, n_mask, ranks, r_mask, B_STRIDE, t, TIME)
             pointers = out_ptr + rows[:, None] * D_OUT + rows_n[None, :]
             mask = row_mask[:, None] & n_mask[None, :]
@@ -831,6 +868,12 @@ FUSED_MAX_ROWS = 256
 FUSED_MAX_WIDTH = 16384
 FUSED_NARROW_WIDTH = 4096
 FUSED_NARROW_MAX_ROWS = 16384
+# Wider layers (above FUSED_MAX_WIDTH: Llama-3-8B's up and down projections) can take the one kernel with |y| from
+# B's Gram matrix (`cached_gram`) and d_out split in slices of FUSED_SPLIT_COLUMNS across programs, up to
+# FUSED_SPLIT_MAX_ROWS tokens (an eager decoding step). Off (0) until timed on a GPU: `no_grad_branch.py` times
+# it as "one kernel, split".
+FUSED_SPLIT_MAX_ROWS = 0
+FUSED_SPLIT_COLUMNS = 512
 
 
 def _fused_blocks(rank: int) -> tuple[dict, int]:
@@ -848,22 +891,56 @@ def fuses(rows: int, d_in: int, d_out: int) -> bool:
     return rows <= max_rows and width <= FUSED_MAX_WIDTH
 
 
+def splits(rows: int, d_in: int, d_out: int) -> bool:
+    """Whether a layer that `fuses` does not take still takes the one kernel, with d_out split across programs
+    and ``|y|`` from B's Gram matrix (up to `FUSED_SPLIT_MAX_ROWS` tokens)."""
+    return rows <= FUSED_SPLIT_MAX_ROWS and not fuses(rows, d_in, d_out)
+
+
 @_on_tensor_device
-def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max) -> None:
+def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gram=None) -> None:
     """``out += branch(x)`` in place by one kernel: no cast of x, no matmul launches (`_add_fused_kernel`).
 
     ``out`` (rows x d_out) and ``x`` (rows x d_in) have contiguous rows, any float dtype; ``A``, ``B`` and
     ``log_ratios`` are float32 with contiguous rows (A (r, d_in) and B (d_out, r), each with a leading time
-    column for "lorentz-full")."""
+    column for "lorentz-full"). With ``gram`` (``B^T B``, float32, contiguous: `cached_gram`), ``|y|`` comes from
+    it and the programs split ``d_out`` in slices of `FUSED_SPLIT_COLUMNS` (for wide layers, `splits`)."""
     rows, d_in = x.shape
+    d_out = out.shape[1]
     if variant == "lorentz-full":
         theta, sinh_theta = float(theta_max), math.sinh(theta_max)
     else:
         theta, sinh_theta = _variant_constants(variant, theta_max)
     blocks, warps = _fused_blocks(A.shape[0])
+    slice_columns = FUSED_SPLIT_COLUMNS if gram is not None else d_out
     if rows:
-        _add_fused_kernel[(triton.cdiv(rows, blocks["BLOCK_T"]),)](
-            out, x, A, B, log_ratios, rows, d_in, out.shape[1], A.shape[0], A.stride(0), B.stride(0), float(k0),
-            float(s0), float(scaling), theta, sinh_theta, VARIANT=VARIANT_IDS[variant],
-            TIME=int(variant == "lorentz-full"), num_warps=warps, **blocks,
+        _add_fused_kernel[(triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns))](
+            out, x, A, B, log_ratios, gram if gram is not None else log_ratios, rows, d_in, d_out, A.shape[0],
+            A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0), float(s0), float(scaling), theta,
+            sinh_theta, VARIANT=VARIANT_IDS[variant], TIME=int(variant == "lorentz-full"), GRAM=int(gram is not None),
+            num_warps=warps, **blocks,
         )
+
+
+_GRAMS = None  # torch.utils.weak.WeakIdKeyDictionary: B -> ((address, version), B^T B)
+
+
+def cached_gram(B: torch.Tensor) -> torch.Tensor:
+    """``B^T B`` (float32, contiguous) of an adapter's B for the no-grad one kernel on wide layers, computed once
+    and reused while B keeps its storage and its version counter (every in-place change, such as an optimizer
+    step or ``load_state_dict``, moves the counter and makes it anew)."""
+    global _GRAMS
+    if _GRAMS is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        _GRAMS = WeakIdKeyDictionary()
+    if B.is_inference():  # no version counter to tell an in-place change by: made anew each call
+        with torch.no_grad():
+            return torch.mm(B.t(), B).contiguous()
+    stamp = (B.data_ptr(), B._version, tuple(B.shape))
+    entry = _GRAMS.get(B)
+    if entry is None or entry[0] != stamp:
+        with torch.no_grad():
+            entry = (stamp, torch.mm(B.t(), B).contiguous())
+        _GRAMS[B] = entry
+    return entry[1]
