@@ -38,6 +38,7 @@ import math
 import os
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 try:
     import triton
@@ -922,18 +923,13 @@ def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gr
         )
 
 
-_GRAMS = None  # torch.utils.weak.WeakIdKeyDictionary: B -> ((address, version), B^T B)
+_GRAMS = WeakIdKeyDictionary()  # B -> ((address, version, shape), B^T B); an entry goes with its B
 
 
 def cached_gram(B: torch.Tensor) -> torch.Tensor:
     """``B^T B`` (float32, contiguous) of an adapter's B for the no-grad one kernel on wide layers, computed once
     and reused while B keeps its storage and its version counter (every in-place change, such as an optimizer
     step or ``load_state_dict``, moves the counter and makes it anew)."""
-    global _GRAMS
-    if _GRAMS is None:
-        from torch.utils.weak import WeakIdKeyDictionary
-
-        _GRAMS = WeakIdKeyDictionary()
     if B.is_inference():  # no version counter to tell an in-place change by: made anew each call
         with torch.no_grad():
             return torch.mm(B.t(), B).contiguous()
