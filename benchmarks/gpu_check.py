@@ -81,38 +81,42 @@ def check(variant: str, device: torch.device, compiled: bool = False) -> dict[st
     return errors
 
 
-def check_narrow_one_kernel(variant: str, device: torch.device, token_counts=(4096, 16384),
-                            shapes=((576, 576), (1536, 576))) -> dict[str, float]:
-    """The eager no-grad one kernel where `kernels.fuses` takes it for a batched prefill: SmolLM2's narrow layers
-    (d_in + 2 d_out <= kernels.FUSED_NARROW_WIDTH) at 4096 and 16384 tokens, against the float64 literal branch."""
-    gen = torch.Generator().manual_seed(2)
+def _in_place_errors(variant: str, device: torch.device, shapes, token_counts, takes, seed: int) -> dict[str, float]:
+    """`functional.add_gated_branch_` against the float64 literal branch for each (d_in, d_out) and token count,
+    asserting first that ``takes(tokens, d_in, d_out)`` (the dispatch under test) holds."""
+    gen = torch.Generator().manual_seed(seed)
     errors = {}
+    full = variant == "lorentz-full"
     for d_in, d_out in shapes:
-        full = variant == "lorentz-full"
         A = torch.randn(32, d_in + full, generator=gen) / d_in**0.5
         B = torch.randn(d_out, 32 + full, generator=gen) / 32**0.5
         K, s = torch.tensor([1.3]), torch.tensor([d_in**0.5])
         log_ratios = torch.cat([K.log(), s.log()]).to(device)
+        A_dev, B_dev = A.to(device), B.to(device)
         for tokens in token_counts:
-            assert kernels.fuses(tokens, d_in, d_out), (tokens, d_in, d_out)
+            assert takes(tokens, d_in, d_out), (tokens, d_in, d_out)
             scales = torch.logspace(-3, 1.5, tokens)[:, None]
             x = (torch.randn(tokens, d_in, generator=gen) * scales).to(torch.bfloat16)
             reference = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K.double(), s.double(), 4.0,
                                                      12.0)
             out = torch.zeros(tokens, d_out, device=device)
             with torch.no_grad():
-                Fn.add_gated_branch_(out, variant, x.to(device), A.to(device), B.to(device), log_ratios, 1.0, 1.0,
-                                     4.0, 12.0)
+                Fn.add_gated_branch_(out, variant, x.to(device), A_dev, B_dev, log_ratios, 1.0, 1.0, 4.0, 12.0)
             errors[f"{d_in}x{d_out}, {tokens} rows"] = relative_error(out, reference)
     return errors
+
+
+def check_narrow_one_kernel(variant: str, device: torch.device, token_counts=(4096, 16384),
+                            shapes=((576, 576), (1536, 576))) -> dict[str, float]:
+    """The eager no-grad one kernel where `kernels.fuses` takes it for a batched prefill: SmolLM2's narrow layers
+    (d_in + 2 d_out <= kernels.FUSED_NARROW_WIDTH) at 4096 and 16384 tokens, against the float64 literal branch."""
+    return _in_place_errors(variant, device, shapes, token_counts, kernels.fuses, seed=2)
 
 
 def check_split_one_kernel(variant: str, device: torch.device, token_counts=(1, 16),
                            shapes=((4096, 14336), (14336, 4096)), columns: int | None = None) -> dict[str, float]:
     """The eager no-grad one kernel on wide layers with ``|y|`` from B's Gram matrix and ``d_out`` split across
     programs (`kernels.splits`, off by default: switched on here), against the float64 literal branch."""
-    gen = torch.Generator().manual_seed(3)
-    errors = {}
     names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "FUSED_SPLIT_MAX_ROWS", "FUSED_SPLIT_COLUMNS")
     saved = {name: getattr(kernels, name) for name in names}
     # the split path for every shape given (small ones too, for the CI run of this check)
@@ -120,27 +124,10 @@ def check_split_one_kernel(variant: str, device: torch.device, token_counts=(1, 
     kernels.FUSED_SPLIT_MAX_ROWS = max(token_counts)
     kernels.FUSED_SPLIT_COLUMNS = columns or kernels.FUSED_SPLIT_COLUMNS
     try:
-        for d_in, d_out in shapes:
-            full = variant == "lorentz-full"
-            A = torch.randn(32, d_in + full, generator=gen) / d_in**0.5
-            B = torch.randn(d_out, 32 + full, generator=gen) / 32**0.5
-            K, s = torch.tensor([1.3]), torch.tensor([d_in**0.5])
-            log_ratios = torch.cat([K.log(), s.log()]).to(device)
-            A_dev, B_dev = A.to(device), B.to(device)
-            for tokens in token_counts:
-                assert kernels.splits(tokens, d_in, d_out), (tokens, d_in, d_out)
-                scales = torch.logspace(-3, 1.5, tokens)[:, None]
-                x = (torch.randn(tokens, d_in, generator=gen) * scales).to(torch.bfloat16)
-                reference = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K.double(), s.double(),
-                                                         4.0, 12.0)
-                out = torch.zeros(tokens, d_out, device=device)
-                with torch.no_grad():
-                    Fn.add_gated_branch_(out, variant, x.to(device), A_dev, B_dev, log_ratios, 1.0, 1.0, 4.0, 12.0)
-                errors[f"{d_in}x{d_out}, {tokens} rows"] = relative_error(out, reference)
+        return _in_place_errors(variant, device, shapes, token_counts, kernels.splits, seed=3)
     finally:
         for name, value in saved.items():
             setattr(kernels, name, value)
-    return errors
 
 
 def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
@@ -172,41 +159,34 @@ def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch
             for n, f, e in zip(names, fused, eager)}
 
 
+def report(title: str, variants: list[str], check) -> bool:
+    """Print ``check(variant)``'s relative errors per variant against `TOLERANCE`; True if any exceeds it."""
+    print(title)
+    failed = False
+    for variant in variants:
+        errors = check(variant)
+        worst = max(errors.values())
+        failed |= worst > TOLERANCE
+        print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+              + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+    return failed
+
+
 def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; torch {torch.__version__}")
-    failed = False
-    print("GPU fast path (Triton where usable) against the float64 literal reference on the CPU:")
-    for variant in ["lorentz", "lorentz-full", "stereographic", "reference"]:
-        errors = check(variant, device)
-        worst = max(errors.values())
-        failed |= worst > TOLERANCE
-        print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
-              + ("  OK" if worst <= TOLERANCE else "  FAIL"))
-    print("torch.compile'd (inductor, fullgraph) branches against the float64 literal reference on the CPU:")
-    for variant in ["lorentz", "lorentz-full", "stereographic"]:
-        errors = check(variant, device, compiled=True)
-        worst = max(errors.values())
-        failed |= worst > TOLERANCE
-        print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
-              + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+    gated = ["lorentz", "lorentz-full", "stereographic"]
+    failed = report("GPU fast path (Triton where usable) against the float64 literal reference on the CPU:",
+                    gated + ["reference"], lambda variant: check(variant, device))
+    failed |= report("torch.compile'd (inductor, fullgraph) branches against the float64 literal reference on the CPU:",
+                     gated, lambda variant: check(variant, device, compiled=True))
     if device.type == "cuda":
-        print("eager no-grad one kernel on narrow layers at a batched prefill's token counts, against the float64 "
-              "literal reference on the CPU:")
-        for variant in ["lorentz", "stereographic", "lorentz-full"]:
-            errors = check_narrow_one_kernel(variant, device)
-            worst = max(errors.values())
-            failed |= worst > TOLERANCE
-            print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
-                  + ("  OK" if worst <= TOLERANCE else "  FAIL"))
-        print("eager no-grad one kernel on wide layers, |y| from B's Gram matrix, d_out split (switched on for "
-              "this check), against the float64 literal reference on the CPU:")
-        for variant in ["lorentz", "stereographic", "lorentz-full"]:
-            errors = check_split_one_kernel(variant, device)
-            worst = max(errors.values())
-            failed |= worst > TOLERANCE
-            print(f"{variant:14s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
-                  + ("  OK" if worst <= TOLERANCE else "  FAIL"))
+        failed |= report("eager no-grad one kernel on narrow layers at a batched prefill's token counts, against the "
+                         "float64 literal reference on the CPU:", gated,
+                         lambda variant: check_narrow_one_kernel(variant, device))
+        failed |= report("eager no-grad one kernel on wide layers, |y| from B's Gram matrix, d_out split (switched on "
+                         "for this check), against the float64 literal reference on the CPU:", gated,
+                         lambda variant: check_split_one_kernel(variant, device))
         print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x:")
         for variant in ["lorentz", "stereographic", "lorentz-full"]:
             for x_dtype in (torch.bfloat16, torch.float32):
