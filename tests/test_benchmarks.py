@@ -296,3 +296,27 @@ def test_train_step_counts_every_hyplora_kernel_as_its_own():
     names = {name for name, _, _ in kernels.launch_configs(32)}
     assert names and all(kernel_kind(name) == "HypLoRA Triton kernels" for name in names)
     assert kernel_kind("triton_poi_fused_add_0") == "inductor fused kernels"
+
+
+@pytest.mark.slow
+def test_device_map_check_smoke_run_compares_the_split_model_for_each_variant(tmp_path):
+    """device_map_check.py (a model split across two GPUs) with both "devices" the CPU, at tiny sizes: accelerate's
+    hooks, the adapter placed after the split, every comparison and the JSON report (Triton's interpreter where it
+    is on); without two GPUs its plain run exits 2."""
+    from hyplora.adapter import kernels
+
+    check = _import_from_benchmarks("device_map_check")
+    out = tmp_path / "device_map.json"
+    saved = (kernels.FUSED_MAX_ROWS, kernels.FUSED_NARROW_MAX_ROWS, os.environ.get("HYPLORA_TRITON"))
+    assert check.main(["--cpu-smoke", "--json", str(out)]) == 0
+    assert (kernels.FUSED_MAX_ROWS, kernels.FUSED_NARROW_MAX_ROWS, os.environ.get("HYPLORA_TRITON")) == saved
+    report = json.loads(out.read_text())
+    assert set(report["variants"]) == {"lorentz", "stereographic", "lorentz-full"} and not report["failed"]
+    for result in report["variants"].values():
+        assert max(result["errors"].values()) <= report["tolerance"] and result["same_tokens"]
+        assert result["placement"] == {"cpu": 10} and min(result["adapter_effect"].values()) >= check.MIN_EFFECT
+        assert len(result["grad_errors"]) == 10 * 3  # A, B and the log-ratios of every adapted layer
+        if report["triton"]:  # both no-grad paths and the training kernels ran
+            assert {key.split(" @ ")[0] for key in result["launches"]} == {"one kernel", "matmuls", "training"}
+    if torch.cuda.device_count() < 2:
+        assert check.main([]) == 2
