@@ -32,11 +32,14 @@ METHOD_LABELS = {
     "hyplora-stereographic-fixed": "hyplora stereographic, K and s fixed",
 }
 
-# Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; smollm2: SmolLM2-135M
-# (values of its config.json); the *-tiny shapes are for CPU smoke runs.
+# Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; llama8b: all 32 layers
+# (about 16 GB in bf16 per model; for what depth changes, e.g. whether an eager step stays bound by host time);
+# smollm2: SmolLM2-135M (values of its config.json). TINY_SHAPES are for CPU smoke runs.
+LLAMA8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "num_key_value_heads": 8, "vocab_size": 32000}
 MODEL_SHAPES = {
-    "llama8b-4l": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 4, "num_attention_heads": 32,
-                   "num_key_value_heads": 8, "vocab_size": 32000},
+    "llama8b-4l": dict(LLAMA8B, num_hidden_layers=4),
+    "llama8b": LLAMA8B,
     "smollm2": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
                 "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 100000.0,
                 "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "bos_token_id": 0, "eos_token_id": 0},
@@ -44,6 +47,8 @@ MODEL_SHAPES = {
 TINY_SHAPES = {
     "llama8b-4l": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
                    "num_key_value_heads": 2, "vocab_size": 1000},
+    "llama8b": {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "vocab_size": 1000},
     "smollm2": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "vocab_size": 1000, "tie_word_embeddings": True, "bos_token_id": 0,
                 "eos_token_id": 0},

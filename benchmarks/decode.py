@@ -6,6 +6,7 @@ on the Llama-3-8B-shaped model of train_step.py, and for the same numbers agains
 
   smollm2     SmolLM2-135M: hidden 576, intermediate 1536, 30 layers, 9 heads, 3 KV heads, vocab 49152, tied
   llama8b-4l  Llama-3-8B cut to 4 layers: hidden 4096, intermediate 14336, 32 heads, 8 KV heads, vocab 32000
+  llama8b     the same with all 32 layers (about 16 GB per model in bf16, one model per method)
 
 Methods: base (no adapter), lora (stock peft), hyplora-lorentz, hyplora-lorentz-full, hyplora-stereographic,
 hyplora-reference (compat="reference"); r = 32 on q, k, v, up, down; never merged. One model per method, all
@@ -97,6 +98,10 @@ def parse_args(argv=None):
                         help="set kernels.FUSED_SPLIT_MAX_ROWS for this run: wide layers take the one-kernel no-grad "
                              "path, with d_out split across programs, up to this many tokens (default: the "
                              "package's value; eager decoding only, compiled steps do not use it)")
+    parser.add_argument("--fused-max-rows", type=int, default=None,
+                        help="set kernels.FUSED_MAX_ROWS and kernels.FUSED_NARROW_MAX_ROWS for this run: the most "
+                             "tokens for which an eager no-grad branch is one kernel (0: never, the matmul path "
+                             "always; default: the package's values)")
     parser.add_argument("--host-profile", action="store_true",
                         help="after the timed runs, run one generate call per method under cProfile: the Python "
                              "functions that take the most host time (where a host-bound step spends it)")
@@ -391,6 +396,10 @@ def main(argv=None) -> int:
         if args.split_max_rows < 0:
             raise SystemExit(f"--split-max-rows must be >= 0, got {args.split_max_rows}")
         kernels.FUSED_SPLIT_MAX_ROWS = args.split_max_rows
+    if args.fused_max_rows is not None:
+        if args.fused_max_rows < 0:
+            raise SystemExit(f"--fused-max-rows must be >= 0, got {args.fused_max_rows}")
+        kernels.FUSED_MAX_ROWS = kernels.FUSED_NARROW_MAX_ROWS = args.fused_max_rows
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     from transformers.utils import logging as hf_logging
@@ -401,7 +410,8 @@ def main(argv=None) -> int:
     header = [f"device: {device_name(device)}" + (f", torch threads {torch.get_num_threads()}"
                                                    if device.type == "cpu" else ""),
               versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')} | "
-              f"kernels.FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS}",
+              f"kernels.FUSED_MAX_ROWS={kernels.FUSED_MAX_ROWS} FUSED_NARROW_MAX_ROWS={kernels.FUSED_NARROW_MAX_ROWS} "
+              f"FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
               f"{args.cache} KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
               f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]
