@@ -60,6 +60,9 @@ CASES = [
     (70, 48, 40, 20, 3.0, 0.5, 2.0, 12.0),
     (33, 32, 24, 32, 40.0, 2.0, 1.0, 3.0),
     (5, 16, 8, 3, 1e-3, 1.0, 1.0, 12.0),
+    # ranks above 64 (and lorentz-full's 65 points at rank 64): the forward kernels sum a (B^T B) over slices
+    (21, 40, 24, 64, 2.0, 1.3, 3.0, 12.0),
+    (18, 40, 24, 100, 2.0, 1.3, 3.0, 12.0),
 ]
 
 
@@ -85,8 +88,9 @@ def test_triton_path_matches_eager_path(interpreted, monkeypatch, variant, case)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_triton_path_matches_float64_literal_reference(interpreted, variant):
-    x, A, B, log_ratios = _inputs(40, 32, 24, 8, 1.0, variant=variant)
+@pytest.mark.parametrize("rank", [8, 100])  # 100: the forward kernels' sliced Gram product
+def test_triton_path_matches_float64_literal_reference(interpreted, variant, rank):
+    x, A, B, log_ratios = _inputs(40, 32, 24, rank, 1.0, variant=variant)
     x = x * torch.logspace(-3, 1, 40, device=DEVICE)[:, None]  # radii from the series regime to past the caps
     k0, s0, scaling, theta_max = 1.3, 3.0, 2.0, 6.0
     fused_out, fused_grads = _run(variant, x, A, B, log_ratios, k0, s0, theta_max, scaling)

@@ -93,6 +93,15 @@ def _rank_blocks(rank: int) -> tuple[int, int, int]:
     return {16: (64, 16, 4), 32: (64, 32, 4), 64: (16, 64, 8)}.get(block_r, (16, block_r, 16))
 
 
+def _forward_blocks(points: int) -> tuple[int, int, int, int]:
+    """``(tokens per block, padded rank, Gram slice, warps)`` of the training forward kernels for ``points``
+    rank coordinates (r, or r + 1 for lorentz-full). Up to 64, the Gram matrix is one tile (slice = padded rank),
+    as `_rank_blocks` has it; above, ``a (B^T B)`` is summed over slices of 16 of the rank, with 8 warps: the
+    whole 128 x 128 tile spilled 0.6-1.4 KB per thread on sm_90 (benchmarks/kernel_registers.py)."""
+    block_t, block_r, warps = _rank_blocks(points)
+    return (block_t, block_r, block_r, warps) if block_r <= 64 else (16, block_r, 16, 8)
+
+
 def _full_backward_config(rank: int) -> tuple[dict, int]:
     """Blocks and warps of `_lorentz_full_backward_kernel` (tiles of the rank space coordinates): 16 tokens per
     block; with 64 tokens it spilled at rank 32."""
@@ -114,16 +123,18 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
     """``(kernel name, compile-time constants, warps)`` of every kernel launch for adapters of this rank, as the
     functions below make them (for benchmarks/kernel_registers.py, which compiles each for a given GPU)."""
     block_t, block_r, warps = _rank_blocks(rank)
-    full_t, full_r, full_warps = _rank_blocks(rank + 1)
+    forward_t, forward_r, forward_c, forward_warps = _forward_blocks(rank)
+    full_t, full_r, full_c, full_warps = _forward_blocks(rank + 1)
     configs = [("_gram_kernel", *_gram_blocks(rank)), ("_gram_kernel", *_gram_blocks(rank + 1))]
     for variant in (0, 1):
         for with_coef in (True, False):
-            configs.append(("_gate_forward_kernel", {"VARIANT": variant, "WITH_COEF": with_coef, "BLOCK_T": block_t,
-                                                     "BLOCK_R": block_r}, warps))
+            configs.append(("_gate_forward_kernel", {"VARIANT": variant, "WITH_COEF": with_coef,
+                                                     "BLOCK_T": forward_t, "BLOCK_R": forward_r,
+                                                     "BLOCK_C": forward_c}, forward_warps))
         configs.append(("_add_gated_kernel", {"VARIANT": variant, "BLOCK": 1024}, 4))
     for with_coef in (True, False):
-        configs.append(("_lorentz_full_forward_kernel", {"WITH_COEF": with_coef, "BLOCK_T": full_t, "BLOCK_R": full_r},
-                        full_warps))
+        configs.append(("_lorentz_full_forward_kernel", {"WITH_COEF": with_coef, "BLOCK_T": full_t, "BLOCK_R": full_r,
+                                                         "BLOCK_C": full_c}, full_warps))
     configs.append(("_add_lorentz_full_kernel", {"BLOCK": 1024, "BLOCK_R": _add_lorentz_full_block(rank)}, 4))
     fused, fused_warps = _fused_blocks(rank)
     for variant, time in ((0, 0), (1, 0), (2, 1)):
@@ -386,7 +397,10 @@ if triton is not None:
         a_ptr, norm_ptr, gram_ptr, log_ratios_ptr, z_ptr, coef_ptr, ga_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
         VARIANT: tl.constexpr, WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
+        """``BLOCK_C < BLOCK_R`` (ranks above 64): ``a (B^T B)`` summed over slices of BLOCK_C of the rank, so that
+        the Gram matrix is never whole in registers (whole, it spilled kilobytes per thread at BLOCK_R = 128)."""
         rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         cols = tl.arange(0, BLOCK_R)
         row_mask = rows < T
@@ -396,9 +410,20 @@ if triton is not None:
         K = k0 * tl.exp(tl.load(log_ratios_ptr))
         s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
         a_raw = tl.load(a_ptr + tile, mask=mask, other=0.0)
-        gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
-                       other=0.0)
-        gram_a = tl.dot(a_raw, gram, input_precision="ieee")  # a (B^T B): for |B a| here, and for the backward
+        if BLOCK_C == BLOCK_R:
+            gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
+                           other=0.0)
+            gram_a = tl.dot(a_raw, gram, input_precision="ieee")  # a (B^T B): for |B a| here, and for the backward
+        else:  # a's slice (reloaded) times the same rows of B^T B
+            gram_a = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+            for start in range(0, R, BLOCK_C):
+                part = start + tl.arange(0, BLOCK_C)
+                part_mask = part < R
+                a_part = tl.load(a_ptr + rows[:, None].to(tl.int64) * R + part[None, :],
+                                 mask=row_mask[:, None] & part_mask[None, :], other=0.0)
+                gram_rows = tl.load(gram_ptr + part[:, None] * R + cols[None, :],
+                                    mask=part_mask[:, None] & col_mask[None, :], other=0.0)
+                gram_a += tl.dot(a_part, gram_rows, input_precision="ieee")
         m = tl.sqrt(tl.maximum(tl.sum(a_raw * gram_a, axis=1), 1e-30)) / s
         n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
         G, dG_dn, dG_dm, dG_dK = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
@@ -420,9 +445,11 @@ if triton is not None:
     def _lorentz_full_forward_kernel(
         a_ptr, at_ptr, norm_ptr, gram_ptr, log_ratios_ptr, z_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr,
         T, R, k0, s0, scaling, theta_max, sinh_theta_max,
-        WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+        WITH_COEF: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
-        """The "lorentz-full" rank space: columns 0..R of a tile are the (R + 1)-point, time first."""
+        """The "lorentz-full" rank space: columns 0..R of a tile are the (R + 1)-point, time first. With
+        ``BLOCK_C < BLOCK_R``, ``P (B^T B)`` is summed over slices of the point's coordinates, each slice of P
+        formed again from a's (reloaded) slice, as `_gate_forward_kernel` does."""
         rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
         cols = tl.arange(0, BLOCK_R)
         R1 = R + 1
@@ -450,8 +477,23 @@ if triton is not None:
         h = a_raw * g1_s[:, None] + kcosh[:, None] * a_t[None, :]
         t = tl.sqrt(tl.sum(h * h, axis=1) + K)
         P = h + tl.where(cols[None, :] == 0, t[:, None], 0.0)
-        gram = tl.load(gram_ptr + cols[:, None] * R1 + cols[None, :], mask=in_p[:, None] & in_p[None, :], other=0.0)
-        GP = tl.dot(P, gram, input_precision="ieee")
+        if BLOCK_C == BLOCK_R:
+            gram = tl.load(gram_ptr + cols[:, None] * R1 + cols[None, :], mask=in_p[:, None] & in_p[None, :],
+                           other=0.0)
+            GP = tl.dot(P, gram, input_precision="ieee")
+        else:
+            GP = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+            for start in range(0, R1, BLOCK_C):
+                part = start + tl.arange(0, BLOCK_C)
+                part_h = (part >= 1) & (part <= R)
+                a_part = tl.load(a_ptr + rows[:, None].to(tl.int64) * R + (part[None, :] - 1),
+                                 mask=row_mask[:, None] & part_h[None, :], other=0.0)
+                a_t_part = tl.load(at_ptr + (part - 1), mask=part_h, other=0.0)
+                P_part = (a_part * g1_s[:, None] + kcosh[:, None] * a_t_part[None, :]
+                          + tl.where(part[None, :] == 0, t[:, None], 0.0))
+                gram_rows = tl.load(gram_ptr + part[:, None] * R1 + cols[None, :],
+                                    mask=(part < R1)[:, None] & in_p[None, :], other=0.0)
+                GP += tl.dot(P_part, gram_rows, input_precision="ieee")
         m = tl.sqrt(tl.maximum(tl.sum(P * GP, axis=1), 1e-30))
         z = m / k
         g2, g2_prime = _asinhc_and_prime(z)
@@ -784,13 +826,13 @@ def gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, thet
     z = torch.empty_like(a_raw)
     coef = torch.empty((rows, 5), dtype=torch.float32, device=a_raw.device) if with_coefficients else z
     gram_a = torch.empty_like(a_raw) if with_coefficients else z
-    block_t, block_r, warps = _rank_blocks(rank)
+    block_t, block_r, block_c, warps = _forward_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
         _gate_forward_kernel[(triton.cdiv(rows, block_t),)](
             a_raw, norm_x, gram, log_ratios, z, coef, gram_a, rows, rank, float(k0), float(s0), float(scaling),
             theta, sinh_theta, VARIANT=VARIANT_IDS[variant], WITH_COEF=with_coefficients, BLOCK_T=block_t,
-            BLOCK_R=block_r, num_warps=warps,
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
         )
     return (z, coef, gram_a) if with_coefficients else (z, None, None)
 
@@ -808,12 +850,12 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scalin
         coefficients = torch.empty((rows, 4, 3), dtype=torch.float32, device=device)
     else:
         point = gram_point = scalars = coefficients = z
-    block_t, block_r, warps = _rank_blocks(rank + 1)
+    block_t, block_r, block_c, warps = _forward_blocks(rank + 1)
     if rows:
         _lorentz_full_forward_kernel[(triton.cdiv(rows, block_t),)](
             a_raw, a_time, norm_x, gram, log_ratios, z, point, gram_point, scalars, coefficients, rows, rank,
             float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max),
-            WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r, num_warps=warps,
+            WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
         )
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
 
