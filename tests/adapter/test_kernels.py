@@ -316,10 +316,12 @@ def test_gram_matrix_matches_float64(interpreted, shape):
     _close(kernels.gram_matrix(weight), expected, 1e-6, "Gram matrix")
 
 
-@pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (300, 64, 50), (3000, 8, 30)])
+@pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (300, 64, 50), (3000, 8, 30),
+                                   (90, 100, 40)])
 def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
     """`kernels.gate_backward` (what the compiled backward runs) against `_gated_backward_torch` in float64, with
-    token counts that make several slabs, the last one partial, so the sums over slabs are exercised."""
+    token counts that make several slabs, the last one partial, so the sums over slabs are exercised; rank 100
+    takes the form for ranks above 64 (M as one matmul, ``B M`` over slices of the rank)."""
     rows, rank, d_out = shape
     g = torch.Generator().manual_seed(6)
     q, a_raw, gram_a = (torch.randn(rows, rank, generator=g) for _ in range(3))
@@ -335,7 +337,7 @@ def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
         _close(value, want, 1e-5, name, floor=floor)
 
 
-@pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (3000, 8, 30)])
+@pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (3000, 8, 30), (90, 100, 40)])
 def test_lorentz_full_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):
     rows, rank, d_out = shape
     g = torch.Generator().manual_seed(8)

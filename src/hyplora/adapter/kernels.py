@@ -102,11 +102,18 @@ def _forward_blocks(points: int) -> tuple[int, int, int, int]:
     return (block_t, block_r, block_r, warps) if block_r <= 64 else (16, block_r, 16, 8)
 
 
+def _backward_blocks(rank: int) -> tuple[int, int, int, bool]:
+    """``(tokens per block, padded rank, warps, sum M in the kernel)`` of `_gate_backward_kernel`: as
+    `_rank_blocks` up to 64; above, M is one matmul outside (an r x r accumulator per program spilled)."""
+    block_t, block_r, warps = _rank_blocks(rank)
+    return (block_t, block_r, warps, True) if block_r <= 64 else (16, block_r, 8, False)
+
+
 def _full_backward_config(rank: int) -> tuple[dict, int]:
     """Blocks and warps of `_lorentz_full_backward_kernel` (tiles of the rank space coordinates): 16 tokens per
     block; with 64 tokens it spilled at rank 32."""
     block_r = max(16, triton.next_power_of_2(rank))
-    return {"BLOCK_T": 16, "BLOCK_R": block_r}, (4 if block_r <= 32 else 8)
+    return {"BLOCK_T": 16, "BLOCK_R": block_r, "SUM_HH": block_r <= 64}, (4 if block_r <= 32 else 8)
 
 
 def _gram_blocks(rank: int) -> tuple[dict, int]:
@@ -115,15 +122,17 @@ def _gram_blocks(rank: int) -> tuple[dict, int]:
 
 
 def _times_small_blocks(points: int) -> tuple[dict, int]:
+    """Blocks and warps of `_matmul_small_kernel`; above a padded rank of 64, M in slices of 16 of the rank."""
     block_r = max(16, triton.next_power_of_2(points))
-    return {"BLOCK_D": 128 if block_r <= 32 else 32, "BLOCK_R": block_r}, (4 if block_r <= 64 else 8)
+    return ({"BLOCK_D": 128 if block_r <= 32 else 32, "BLOCK_R": block_r, "BLOCK_K": block_r if block_r <= 64 else 16},
+            (4 if block_r <= 64 else 8))
 
 
 def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
     """``(kernel name, compile-time constants, warps)`` of every kernel launch for adapters of this rank, as the
     functions below make them (for benchmarks/kernel_registers.py, which compiles each for a given GPU)."""
-    block_t, block_r, warps = _rank_blocks(rank)
     forward_t, forward_r, forward_c, forward_warps = _forward_blocks(rank)
+    backward_t, backward_r, backward_warps, sum_m = _backward_blocks(rank)
     full_t, full_r, full_c, full_warps = _forward_blocks(rank + 1)
     configs = [("_gram_kernel", *_gram_blocks(rank)), ("_gram_kernel", *_gram_blocks(rank + 1))]
     for variant in (0, 1):
@@ -142,7 +151,7 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
             configs.append(("_add_fused_kernel", {"VARIANT": variant, "TIME": time, "GRAM": gram, **fused},
                             fused_warps))
     configs += [
-        ("_gate_backward_kernel", {"BLOCK_T": block_t, "BLOCK_R": block_r}, warps),
+        ("_gate_backward_kernel", {"BLOCK_T": backward_t, "BLOCK_R": backward_r, "SUM_M": sum_m}, backward_warps),
         ("_lorentz_full_backward_kernel", *_full_backward_config(rank)),
         ("_matmul_small_kernel", *_times_small_blocks(rank)),
         ("_matmul_small_kernel", *_times_small_blocks(rank + 1)),
@@ -258,17 +267,20 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["T"])
     def _gate_backward_kernel(
-        q_ptr, a_ptr, coef_ptr, ga_ptr, p_ptr, w_ptr, m_ptr, rho_ptr, T, R, ROWS,
-        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+        q_ptr, a_ptr, coef_ptr, ga_ptr, p_ptr, w_ptr, m_ptr, rho_ptr, beta_ptr, T, R, ROWS,
+        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, SUM_M: tl.constexpr,
     ):
         """The rank-sized part of `functional._GatedLowRank.backward` for one slab of ``ROWS`` tokens.
 
         With ``qa = <q, a>`` per token: ``p = c0 q + (qa k_m) a B^T B`` and ``w = qa k_n`` per token; this slab's
-        terms of ``M = sum_t (qa k_m) a a^T`` and of ``(sum_t qa k_K, sum_t qa k_s)`` are added atomically."""
+        terms of ``M = sum_t (qa k_m) a a^T`` and of ``(sum_t qa k_K, sum_t qa k_s)`` are added atomically. Without
+        SUM_M (ranks above 64, where an r x r accumulator per program spilled), ``beta = qa k_m`` is stored per
+        token instead, for M as one matmul outside."""
         part = tl.program_id(0)
         cols = tl.arange(0, BLOCK_R)
         col_mask = cols < R
-        acc = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
+        if SUM_M:
+            acc = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
         acc_k = tl.zeros([BLOCK_T], dtype=tl.float32)
         acc_s = tl.zeros([BLOCK_T], dtype=tl.float32)
         first = part * ROWS
@@ -289,16 +301,20 @@ if triton is not None:
             tl.store(w_ptr + rows, qa * tl.load(base + 2, mask=row_mask, other=0.0), mask=row_mask)
             acc_k += qa * tl.load(base + 3, mask=row_mask, other=0.0)
             acc_s += qa * tl.load(base + 4, mask=row_mask, other=0.0)
-            acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
-        tl.atomic_add(m_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
-                      sem="relaxed")
+            if SUM_M:
+                acc += tl.dot(tl.trans(a * beta[:, None]), a, input_precision="ieee")
+            else:
+                tl.store(beta_ptr + rows, beta, mask=row_mask)
+        if SUM_M:
+            tl.atomic_add(m_ptr + cols[:, None] * R + cols[None, :], acc,
+                          mask=col_mask[:, None] & col_mask[None, :], sem="relaxed")
         tl.atomic_add(rho_ptr, tl.sum(acc_k, axis=0), sem="relaxed")
         tl.atomic_add(rho_ptr + 1, tl.sum(acc_s, axis=0), sem="relaxed")
 
     @triton.jit(do_not_specialize=["T"])
     def _lorentz_full_backward_kernel(
-        q_ptr, a_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, at_ptr, pa_ptr, w_ptr, m_ptr, v_ptr, T, R, ROWS,
-        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
+        q_ptr, a_ptr, p_ptr, gp_ptr, scal_ptr, c_ptr, at_ptr, pa_ptr, w_ptr, m_ptr, v_ptr, beta_ptr, T, R, ROWS,
+        BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr, SUM_HH: tl.constexpr,
     ):
         """The rank-sized part of `functional._LorentzFullLowRank.backward` for one slab of ``ROWS`` tokens: per
         token ``dL/d a_raw`` and ``w``; atomically, this slab's terms of ``M = sum_t beta P P^T`` ((R + 1)^2
@@ -306,13 +322,15 @@ if triton is not None:
 
         Tiles hold the R space coordinates only; the time coordinate (column 0 of the (R + 1)-points) is a
         per-token vector. A tile padded to R + 1 columns would be twice as wide for R = 32, and that version
-        spilled kilobytes of registers per thread (benchmarks/kernel_registers.py)."""
+        spilled kilobytes of registers per thread (benchmarks/kernel_registers.py). Without SUM_HH (ranks above
+        64), ``beta`` is stored per token and M's ``sum_t beta h h^T`` block is left to one matmul outside."""
         part = tl.program_id(0)
         cols = tl.arange(0, BLOCK_R)
         col_mask = cols < R
         R1 = R + 1
         a_time = tl.load(at_ptr + cols, mask=col_mask, other=0.0)
-        acc_hh = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
+        if SUM_HH:
+            acc_hh = tl.zeros([BLOCK_R, BLOCK_R], dtype=tl.float32)
         acc_th = tl.zeros([BLOCK_R], dtype=tl.float32)
         acc_tt = tl.zeros([BLOCK_T], dtype=tl.float32)
         acc_time = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -363,31 +381,49 @@ if triton is not None:
             bt = beta * t
             acc_tt += bt * t
             acc_th += tl.sum(bt[:, None] * h, axis=0)
-            acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="ieee")
+            if SUM_HH:
+                acc_hh += tl.dot(tl.trans(h * beta[:, None]), h, input_precision="ieee")
+            else:
+                tl.store(beta_ptr + rows, beta, mask=row_mask)
         # M = [[sum beta t^2, sum beta t h^T], [sum beta t h, sum beta h h^T]] as an (R + 1) x (R + 1) matrix
         tl.atomic_add(m_ptr, tl.sum(acc_tt, axis=0), sem="relaxed")
         tl.atomic_add(m_ptr + 1 + cols, acc_th, mask=col_mask, sem="relaxed")
         tl.atomic_add(m_ptr + (1 + cols) * R1, acc_th, mask=col_mask, sem="relaxed")
-        tl.atomic_add(m_ptr + (1 + cols[:, None]) * R1 + 1 + cols[None, :], acc_hh,
-                      mask=col_mask[:, None] & col_mask[None, :], sem="relaxed")
+        if SUM_HH:
+            tl.atomic_add(m_ptr + (1 + cols[:, None]) * R1 + 1 + cols[None, :], acc_hh,
+                          mask=col_mask[:, None] & col_mask[None, :], sem="relaxed")
         tl.atomic_add(v_ptr + cols, acc_time, mask=col_mask, sem="relaxed")
         tl.atomic_add(v_ptr + R, tl.sum(acc_k, axis=0), sem="relaxed")
         tl.atomic_add(v_ptr + R + 1, tl.sum(acc_s, axis=0), sem="relaxed")
 
     @triton.jit(do_not_specialize=["D"])
-    def _matmul_small_kernel(b_ptr, m_ptr, c_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr):
+    def _matmul_small_kernel(b_ptr, m_ptr, c_ptr, out_ptr, D, R, BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
         """``out = C + B M`` for a tall B and C (D x R) and a small M (R x R). C is added after a round trip through
         ``out`` (behind a barrier: each program reads back only its own tile): added to the `tl.dot` result in
         registers, the compiler spilled 4 KB per thread (benchmarks/kernel_registers.py), and a loop of rank-one
-        updates took 3x longer on an H200."""
+        updates took 3x longer on an H200. With ``BLOCK_K < BLOCK_R`` (a padded rank of 128, where the whole M
+        spilled), the product is summed over slices of BLOCK_K of the rank."""
         rows = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
         cols = tl.arange(0, BLOCK_R)
         mask = (rows[:, None] < D) & (cols[None, :] < R)
         tile = rows[:, None].to(tl.int64) * R + cols[None, :]
-        b = tl.load(b_ptr + tile, mask=mask, other=0.0)
-        m = tl.load(m_ptr + cols[:, None] * R + cols[None, :], mask=(cols[:, None] < R) & (cols[None, :] < R),
-                    other=0.0)
-        tl.store(out_ptr + tile, tl.dot(b, m, input_precision="ieee"), mask=mask)
+        if BLOCK_K == BLOCK_R:
+            b = tl.load(b_ptr + tile, mask=mask, other=0.0)
+            m = tl.load(m_ptr + cols[:, None] * R + cols[None, :], mask=(cols[:, None] < R) & (cols[None, :] < R),
+                        other=0.0)
+            product = tl.dot(b, m, input_precision="ieee")
+        else:
+            product = tl.zeros([BLOCK_D, BLOCK_R], dtype=tl.float32)
+            for start in range(0, R, BLOCK_K):
+                part = start + tl.arange(0, BLOCK_K)
+                part_mask = part < R
+                b = tl.load(b_ptr + rows[:, None].to(tl.int64) * R + part[None, :],
+                            mask=(rows[:, None] < D) & part_mask[None, :], other=0.0)
+                m = tl.load(m_ptr + part[:, None] * R + cols[None, :], mask=part_mask[:, None] & (cols[None, :] < R),
+                            other=0.0)
+                product += tl.dot(b, m, input_precision="ieee")
+        tl.store(out_ptr + tile, product, mask=mask)
         tl.debug_barrier()
         total = tl.load(out_ptr + tile, mask=mask, other=0.0) + tl.load(c_ptr + tile, mask=mask, other=0.0)
         tl.store(out_ptr + tile, total, mask=mask)
@@ -775,16 +811,17 @@ def gate_backward(q, a_raw, coef, gram_a, B, base):
     dL/dB, added to ``base`` (its other term) in the second launch, and ``rho`` the two log-ratio gradients (2,).
     The sums over tokens are atomic float32 adds (their last bits may differ from run to run)."""
     rows, rank = q.shape
-    block_t, block_r, warps = _rank_blocks(rank)
+    block_t, block_r, warps, sum_m = _backward_blocks(rank)
     slabs, per_slab = _slabs(rows, block_t, 32)
     device = q.device
     p = torch.empty_like(q)
     w = torch.empty((rows,), dtype=torch.float32, device=device)
     # the two rho sums, then M: returned tensors start at the buffer's start (inductor requires 16-byte alignment)
-    sums = torch.zeros((_ALIGN + rank * rank,), dtype=torch.float32, device=device)
-    m = sums[_ALIGN:]
-    _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, m, sums, rows, rank, per_slab, BLOCK_T=block_t,
-                                    BLOCK_R=block_r, num_warps=warps)
+    sums = torch.zeros((_ALIGN + (rank * rank if sum_m else 0),), dtype=torch.float32, device=device)
+    beta = w if sum_m else torch.empty((rows,), dtype=torch.float32, device=device)
+    _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, sums[_ALIGN:], sums, beta, rows, rank, per_slab,
+                                    BLOCK_T=block_t, BLOCK_R=block_r, SUM_M=sum_m, num_warps=warps)
+    m = sums[_ALIGN:] if sum_m else torch.mm((a_raw * beta[:, None]).t(), a_raw)
     return p, w, _times_small(B, m, base, rank), sums[:2]
 
 
@@ -802,8 +839,12 @@ def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_
     vector = triton.cdiv(rank + 2, _ALIGN) * _ALIGN  # dL/dA[:, 0] and rho, padded; then M (aligned, see above)
     sums = torch.zeros((vector + points * points,), dtype=torch.float32, device=device)
     m = sums[vector:]
+    beta = w if blocks["SUM_HH"] else torch.empty((rows,), dtype=torch.float32, device=device)
     _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m,
-                                            sums, rows, rank, per_slab, num_warps=warps, **blocks)
+                                            sums, beta, rows, rank, per_slab, num_warps=warps, **blocks)
+    if not blocks["SUM_HH"]:
+        h = point[:, 1:]
+        m.view(points, points)[1:, 1:].add_(torch.mm((h * beta[:, None]).t(), h))
     return p_a, w, _times_small(B, m, base, points), sums[:rank + 2]
 
 
