@@ -265,6 +265,22 @@ if triton is not None:
         tl.atomic_add(out_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
                       sem="relaxed")
 
+    @triton.jit
+    def _times_in_rank_slices(left_ptr, rows, row_mask, m_ptr, cols, col_mask, R, BLOCK_ROWS: tl.constexpr,
+                              BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+        """``left[rows] @ M`` for a row-major (rows x R) ``left`` and (R x R) ``M``, summed over slices of BLOCK_K
+        of the rank, so that neither operand is ever whole in registers."""
+        product = tl.zeros([BLOCK_ROWS, BLOCK_R], dtype=tl.float32)
+        for start in range(0, R, BLOCK_K):
+            part = start + tl.arange(0, BLOCK_K)
+            part_mask = part < R
+            left = tl.load(left_ptr + rows[:, None].to(tl.int64) * R + part[None, :],
+                           mask=row_mask[:, None] & part_mask[None, :], other=0.0)
+            m = tl.load(m_ptr + part[:, None] * R + cols[None, :], mask=part_mask[:, None] & col_mask[None, :],
+                        other=0.0)
+            product += tl.dot(left, m, input_precision="ieee")
+        return product
+
     @triton.jit(do_not_specialize=["T"])
     def _gate_backward_kernel(
         q_ptr, a_ptr, coef_ptr, ga_ptr, p_ptr, w_ptr, m_ptr, rho_ptr, beta_ptr, T, R, ROWS,
@@ -414,15 +430,7 @@ if triton is not None:
                         other=0.0)
             product = tl.dot(b, m, input_precision="ieee")
         else:
-            product = tl.zeros([BLOCK_D, BLOCK_R], dtype=tl.float32)
-            for start in range(0, R, BLOCK_K):
-                part = start + tl.arange(0, BLOCK_K)
-                part_mask = part < R
-                b = tl.load(b_ptr + rows[:, None].to(tl.int64) * R + part[None, :],
-                            mask=(rows[:, None] < D) & part_mask[None, :], other=0.0)
-                m = tl.load(m_ptr + part[:, None] * R + cols[None, :], mask=part_mask[:, None] & (cols[None, :] < R),
-                            other=0.0)
-                product += tl.dot(b, m, input_precision="ieee")
+            product = _times_in_rank_slices(b_ptr, rows, rows < D, m_ptr, cols, cols < R, R, BLOCK_D, BLOCK_R, BLOCK_K)
         tl.store(out_ptr + tile, product, mask=mask)
         tl.debug_barrier()
         total = tl.load(out_ptr + tile, mask=mask, other=0.0) + tl.load(c_ptr + tile, mask=mask, other=0.0)
@@ -450,16 +458,9 @@ if triton is not None:
             gram = tl.load(gram_ptr + cols[:, None] * R + cols[None, :], mask=col_mask[:, None] & col_mask[None, :],
                            other=0.0)
             gram_a = tl.dot(a_raw, gram, input_precision="ieee")  # a (B^T B): for |B a| here, and for the backward
-        else:  # a's slice (reloaded) times the same rows of B^T B
-            gram_a = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-            for start in range(0, R, BLOCK_C):
-                part = start + tl.arange(0, BLOCK_C)
-                part_mask = part < R
-                a_part = tl.load(a_ptr + rows[:, None].to(tl.int64) * R + part[None, :],
-                                 mask=row_mask[:, None] & part_mask[None, :], other=0.0)
-                gram_rows = tl.load(gram_ptr + part[:, None] * R + cols[None, :],
-                                    mask=part_mask[:, None] & col_mask[None, :], other=0.0)
-                gram_a += tl.dot(a_part, gram_rows, input_precision="ieee")
+        else:  # a's slices (reloaded) times the same rows of B^T B
+            gram_a = _times_in_rank_slices(a_ptr, rows, row_mask, gram_ptr, cols, col_mask, R, BLOCK_T, BLOCK_R,
+                                           BLOCK_C)
         m = tl.sqrt(tl.maximum(tl.sum(a_raw * gram_a, axis=1), 1e-30)) / s
         n = tl.load(norm_ptr + rows, mask=row_mask, other=0.0) / s
         G, dG_dn, dG_dm, dG_dK = _gates(n, m, K, theta_max, sinh_theta_max, VARIANT)
