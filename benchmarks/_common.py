@@ -55,6 +55,12 @@ TINY_SHAPES = {
 }
 
 
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """``|value - reference| / |reference|`` (Frobenius norms), both taken to float64 on the CPU."""
+    reference = reference.detach().double().cpu()
+    return ((value.detach().double().cpu() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

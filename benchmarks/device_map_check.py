@@ -28,7 +28,7 @@ import os
 import sys
 
 import torch
-from _common import TARGETS, device_name, versions_line, write_json_atomic
+from _common import TARGETS, device_name, relative_error, versions_line, write_json_atomic
 
 VARIANTS = ["lorentz", "stereographic", "lorentz-full"]
 TOLERANCE = 1e-4  # relative; float32 model, the same kernels on both sides
@@ -46,11 +46,6 @@ SIZES = {
 # the launch functions that `functional` calls, and the path each stands for
 LAUNCHES = {"add_fused_": "one kernel", "add_gated_": "matmuls", "add_lorentz_full_": "matmuls",
             "gate_forward": "training", "lorentz_full_forward": "training"}
-
-
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    reference = reference.detach().double().cpu()
-    return ((value.detach().double().cpu() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
 
 
 @contextlib.contextmanager

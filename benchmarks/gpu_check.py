@@ -15,6 +15,7 @@ import os
 import sys
 
 import torch
+from _common import relative_error
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
@@ -22,10 +23,6 @@ from hyplora.adapter import functional as Fn  # noqa: E402
 from hyplora.adapter import kernels  # noqa: E402
 
 TOLERANCE = 1e-3  # relative, float32 GPU math (bf16-rounded inputs are fed to both sides)
-
-
-def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((value.double().cpu() - reference).norm() / reference.norm().clamp_min(1e-300)).item()
 
 
 def check(variant: str, device: torch.device, compiled: bool = False, r: int = 32) -> dict[str, float]:
