@@ -30,6 +30,11 @@ METHOD_LABELS = {
     # parameters, to measure what those cost
     "hyplora-lorentz-fixed": "hyplora lorentz, K and s fixed",
     "hyplora-stereographic-fixed": "hyplora stereographic, K and s fixed",
+    # not in METHODS: every Triton launch through Triton's JIT entry, not the direct launch of the kept compiled
+    # kernel (kernels.DIRECT_LAUNCH off; decode.py and prefill.py switch it per method)
+    "hyplora-lorentz-jit": "hyplora lorentz, Triton's JIT entry",
+    "hyplora-lorentz-full-jit": "hyplora lorentz-full, Triton's JIT entry",
+    "hyplora-stereographic-jit": "hyplora stereographic, Triton's JIT entry",
 }
 
 # Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; llama8b: all 32 layers
@@ -107,7 +112,7 @@ def adapter_config(method: str, rank: int):
         return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
     if method not in METHOD_LABELS or method == "base":
         raise SystemExit(f"unknown method {method!r}; choose from {[m for m in METHOD_LABELS if m != 'base']}")
-    variant = method.removeprefix("hyplora-")
+    variant = method.removeprefix("hyplora-").removesuffix("-jit")
     if variant == "reference":
         return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
     fixed = variant.endswith("-fixed")

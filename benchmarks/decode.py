@@ -71,7 +71,8 @@ MODELS = list(MODEL_SHAPES)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llama8b-4l,smollm2", help=f"comma-separated, from {MODELS}")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, from {ALL_METHODS}")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS),
+                        help=f"comma-separated, from {ALL_METHODS}, or {[m for m in METHOD_LABELS if m not in ALL_METHODS]}")
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
@@ -118,7 +119,7 @@ def parse_args(argv=None):
     args.models = [m.strip() for m in args.model.split(",") if m.strip()]
     args.method_list = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.batch_list = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
-    unknown = [m for m in args.models if m not in MODELS] + [m for m in args.method_list if m not in ALL_METHODS]
+    unknown = [m for m in args.models if m not in MODELS] + [m for m in args.method_list if m not in METHOD_LABELS]
     if unknown:
         parser.error(f"unknown model or method: {unknown}")
     return args
@@ -179,6 +180,14 @@ def generate_once(model, ids, mask, new_tokens: int, pad_id: int, cache=None) ->
                           do_sample=False, use_cache=True, pad_token_id=pad_id, **extra)
 
 
+def select_launches(method: str) -> None:
+    """Triton's JIT entry for every launch of a "-jit" method, else the direct launches of kept compiled kernels
+    (`kernels._launch`, the default)."""
+    from hyplora.adapter import kernels
+
+    kernels.DIRECT_LAUNCH = not method.endswith("-jit")
+
+
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     """Warm-up, then interleaved timed runs of every method at one batch size."""
     vocab = next(iter(models.values())).config.vocab_size
@@ -189,6 +198,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     caches = {method: static_cache(model, expected) for method, model in models.items()}
     warmup_start = time.perf_counter()
     for method, model in models.items():
+        select_launches(method)
         for _ in range(args.warmup):
             generate_once(model, ids, mask, args.new_tokens, pad_id=0, cache=caches[method])
     synchronize(device)
@@ -204,6 +214,7 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     for repeat in range(args.repeats):
         shift = repeat % len(methods)
         for method in methods[shift:] + methods[:shift]:
+            select_launches(method)
             synchronize(device)
             start = time.perf_counter()
             out = generate_once(models[method], ids, mask, args.new_tokens, pad_id=0, cache=caches[method])
@@ -221,12 +232,14 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
         if args.max_seconds and repeat + 1 >= args.min_repeats and time.perf_counter() - case_start > args.max_seconds:
             break
 
-    profiles = {method: profile_generate(models[method], ids, mask, args, device, caches[method])
+    profiles = {method: select_launches(method) or profile_generate(models[method], ids, mask, args, device,
+                                                                     caches[method])
                 for method in methods} \
         if args.profile and device.type == "cuda" else {}
 
     if args.host_profile:
         for method in methods:
+            select_launches(method)
             profiles.setdefault(method, {})["host_profile"] = host_profile_generate(
                 models[method], ids, mask, args, device, caches[method])
 

@@ -156,6 +156,74 @@ def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch
             for n, f, e in zip(names, fused, eager)}
 
 
+def check_direct_launch(variant: str, device: torch.device) -> tuple[float, set]:
+    """The same computations launched through Triton's JIT entry and directly through the kept compiled kernels
+    (`kernels._launch`): the eager training forward and backward (the forward kernel), and the no-grad branch on
+    the one-kernel path (1 token), the split one kernel (1 token, switched on) and the matmul path (1000
+    tokens). Returns the largest absolute difference (0 when bit for bit the same) and the names of the kernels
+    launched directly (none if any launch of the second run went through Triton's JIT entry). The compiled path's kernels sum with atomic adds, whose last bits vary by themselves, so
+    they are left out."""
+    gen = torch.Generator().manual_seed(4)
+    d_in, d_out, r = 4096, 1024, 32
+    full = variant == "lorentz-full"
+    x = (torch.randn(1000, d_in, generator=gen) * torch.logspace(-3, 1.5, 1000)[:, None]).to(torch.bfloat16)
+    x = x.to(device)
+    A = (torch.randn(r, d_in + full, generator=gen) / d_in**0.5).to(device)
+    B = (torch.randn(d_out, r + full, generator=gen) / r**0.5).to(device)
+    log_ratios = torch.tensor([0.2, -0.1], device=device)
+    upstream = torch.randn(1000, d_out, generator=gen).to(device)
+
+    def run():
+        leaves = [t.clone().requires_grad_(True) for t in (x, A, B, log_ratios)]
+        out = Fn.gated_branch(variant, *leaves, 1.3, d_in**0.5, 4.0, 12.0)
+        (out * upstream).sum().backward()
+        results = [out.detach()] + [leaf.grad for leaf in leaves]
+        with torch.no_grad():
+            for rows in (1, 1000):
+                part = torch.zeros(rows, d_out, device=device)
+                Fn.add_gated_branch_(part, variant, x[-rows:], A, B, log_ratios, 1.3, d_in**0.5, 4.0, 12.0)
+                results.append(part)
+            saved = kernels.FUSED_MAX_ROWS, kernels.FUSED_SPLIT_MAX_ROWS
+            kernels.FUSED_MAX_ROWS, kernels.FUSED_SPLIT_MAX_ROWS = 0, 1
+            try:
+                part = torch.zeros(1, d_out, device=device)
+                Fn.add_gated_branch_(part, variant, x[-1:], A, B, log_ratios, 1.3, d_in**0.5, 4.0, 12.0)
+                results.append(part)
+            finally:
+                kernels.FUSED_MAX_ROWS, kernels.FUSED_SPLIT_MAX_ROWS = saved
+        torch.cuda.synchronize(device)
+        return results
+
+    kernels.DIRECT_LAUNCH = False
+    try:
+        through_jit = run()
+    finally:
+        kernels.DIRECT_LAUNCH = True
+    kernels._COMPILED.clear()
+    run()  # keeps the compiled kernels
+    jit_function = kernels.triton.runtime.jit.JITFunction
+    entries, launched = [], set()
+    through_entry = jit_function.run
+
+    def counted(self, *args, **kwargs):  # any launch through Triton's JIT entry in the run below
+        entries.append(self)
+        return through_entry(self, *args, **kwargs)
+
+    jit_function.run = counted
+    try:
+        direct = run()
+    finally:
+        jit_function.run = through_entry
+    if not entries:
+        launched = {kernel.fn.__name__ for kernel in _kept_kernels()}
+    return max((a - b).abs().max().item() for a, b in zip(direct, through_jit)), launched
+
+
+def _kept_kernels():
+    by_id = {id(value): value for value in vars(kernels).values() if isinstance(value, kernels.triton.JITFunction)}
+    return {by_id[key[0]] for key in kernels._COMPILED if key[0] in by_id}
+
+
 def report(title: str, variants: list[str], check) -> bool:
     """Print ``check(variant)``'s relative errors per variant against `TOLERANCE`; True if any exceeds it."""
     print(title)
@@ -187,6 +255,14 @@ def main() -> int:
         failed |= report("eager no-grad one kernel on wide layers, |y| from B's Gram matrix, d_out split (switched on "
                          "for this check), against the float64 literal reference on the CPU:", gated,
                          lambda variant: check_split_one_kernel(variant, device))
+        print("direct launches of the kept compiled kernels against Triton's JIT entry (kernels._launch), bit for "
+              "bit:")
+        for variant in gated:
+            difference, launched = check_direct_launch(variant, device)
+            bad = difference != 0 or not launched
+            failed |= bad
+            print(f"{variant:14s} largest difference {difference:.1e}; launched directly: {', '.join(sorted(launched))}"
+                  + ("  FAIL" if bad else "  OK"))
         print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x:")
         for variant in ["lorentz", "stereographic", "lorentz-full"]:
             for x_dtype in (torch.bfloat16, torch.float32):

@@ -248,6 +248,100 @@ def test_launches_run_on_the_device_of_their_tensors(monkeypatch):
         "add_gated_", "add_lorentz_full_", "add_fused_"))
 
 
+class _FakeCompiled:
+    """What Triton's JIT entry returns: a compiled kernel whose launcher `run` takes the grid, the stream, its
+    handles and then every parameter."""
+
+    function = "handle"
+    packed_metadata = "metadata"
+
+    def __init__(self, runs, fail=False):
+        self.runs, self.fail = runs, fail
+
+    def launch_metadata(self, grid, stream, *args):
+        return ("metadata of", grid, stream)
+
+    def run(self, *args):
+        if self.fail:
+            raise TypeError("this launcher takes other arguments")
+        self.runs.append(args)
+
+
+class _FakeKernel:
+    """A Triton kernel with two tensor parameters, two numbers and two compile-time constants."""
+
+    arg_names = ["out_ptr", "x_ptr", "ROWS", "scale", "BLOCK", "VARIANT"]
+
+    def __init__(self, fail=False):
+        self.jit_calls, self.runs, self.fail = [], [], fail
+
+    def __getitem__(self, grid):
+        def jit_entry(*args, **kwargs):
+            self.jit_calls.append((grid, args, kwargs))
+            return _FakeCompiled(self.runs, self.fail)
+        return jit_entry
+
+
+@pytest.fixture
+def direct_launches(monkeypatch):
+    """`kernels._launch` as on a GPU with Triton 3.6: direct launches on, an empty table, device 0, stream 7."""
+    monkeypatch.setattr(kernels, "_DIRECT_SUPPORTED", True)
+    monkeypatch.setattr(kernels, "DIRECT_LAUNCH", True)
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(kernels, "_current_stream", lambda: (lambda device: 7))
+    return kernels
+
+
+def test_direct_launch_repeats_the_jit_entrys_kernel_only_for_the_same_specialisation(direct_launches):
+    kernel = _FakeKernel()
+    storage = torch.zeros(64)
+    out, x = storage[:16], torch.zeros(16, dtype=torch.bfloat16)
+    constants = {"BLOCK": 16, "VARIANT": 0}
+
+    def launch(out=out, x=x, rows=1, scale=2.0, constants=constants, grid=(3,)):
+        kernels._launch(kernel, grid, 4, (out, x), (rows, scale), constants)
+        return len(kernel.jit_calls), len(kernel.runs)
+
+    assert launch() == (1, 0)  # first call: Triton's JIT entry, with the constants by name and the warps
+    assert kernel.jit_calls[0] == ((3,), (out, x, 1, 2.0), {"BLOCK": 16, "VARIANT": 0, "num_warps": 4})
+    assert launch() == (1, 1)  # the same call again: the kept compiled kernel, directly
+    hooks = kernels.triton.knobs.runtime
+    assert kernel.runs[0] == (3, 1, 1, 7, "handle", "metadata", ("metadata of", (3, 1, 1), 7),
+                              hooks.launch_enter_hook, hooks.launch_exit_hook, out, x, 1, 2.0, 16, 0)
+    # what Triton specialises on differs: its JIT entry again
+    assert launch(out=storage[1:17]) == (2, 1)  # an address not a multiple of 16 bytes
+    assert launch(x=x.float()) == (3, 1)  # another dtype
+    assert launch(rows=16) == (4, 1)  # a multiple of 16 where it was 1
+    assert launch(constants={"BLOCK": 32, "VARIANT": 0}) == (5, 1)
+    assert launch(grid=(5, 2)) == (5, 2) and kernel.runs[-1][:3] == (5, 2, 1)  # the grid is no part of the key
+    assert launch(out=storage[16:32]) == (5, 3)  # another tensor at an address of the same kind: direct
+
+
+def test_direct_launch_needs_the_constants_in_the_kernels_order(direct_launches):
+    kernel = _FakeKernel()
+    out = torch.zeros(16)
+    for _ in range(3):  # passed by position in a direct launch, so never kept in another order
+        kernels._launch(kernel, (1,), 4, (out, out), (1, 2.0), {"VARIANT": 0, "BLOCK": 16})
+    assert len(kernel.jit_calls) == 3 and not kernel.runs
+
+
+def test_direct_launch_steps_aside_for_a_launcher_it_does_not_know_and_when_off(direct_launches, monkeypatch):
+    out = torch.zeros(16)
+    kernel = _FakeKernel(fail=True)
+    for _ in range(3):
+        kernels._launch(kernel, (1,), 4, (out, out), (1, 2.0), {"BLOCK": 16, "VARIANT": 0})
+    assert len(kernel.jit_calls) == 3 and not kernels.DIRECT_LAUNCH  # the failed direct launch turned it off
+    kernel = _FakeKernel()  # switched off (HYPLORA_DIRECT_LAUNCH=0 at import): JIT entries, nothing kept
+    for _ in range(2):
+        kernels._launch(kernel, (1,), 4, (out, out), (1, 2.0), {"BLOCK": 16, "VARIANT": 0})
+    assert len(kernel.jit_calls) == 2 and not kernel.runs and not kernels._COMPILED
+
+
+def test_direct_launch_is_off_in_the_interpreter():
+    assert not kernels._DIRECT_SUPPORTED or not kernels.INTERPRET
+
+
 def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch):
     monkeypatch.setattr(kernels, "FUSED_MAX_ROWS", 64)
     monkeypatch.setattr(kernels, "FUSED_MAX_WIDTH", 1000)

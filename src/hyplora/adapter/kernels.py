@@ -775,6 +775,86 @@ def _on_tensor_device(launch):
     return on_device
 
 
+# Triton's JIT entry, ``kernel[grid](...)``, binds and specialises every argument and looks up the compiled
+# kernel on each call: about as much host time as the launch itself (benchmarks/launch_overhead.py). Eager
+# decoding makes one such launch per adapted layer and token and is bound by host time, so `_launch` keeps each
+# compiled kernel under a key of its call, and launches it directly when the key recurs. Triton (3.6)
+# specialises a kernel on the values of its compile-time constants, the launch options (warps), the device, each
+# tensor's dtype and whether its address is a multiple of 16, each integer's being 1, a multiple of 16 or beyond
+# 32 bits, and the types of other values. The key holds the constants, warps and device, the tensors' dtypes and
+# their addresses modulo 16, and the numbers themselves, which tells apart at least as much (a finer key only
+# costs a JIT call more), so a direct launch runs the kernel that the JIT entry would have chosen. Every call site
+# passes the same Python type at each position (ints for sizes, floats for the rest), as the key assumes: an int 1
+# and a float 1.0 are equal keys. ``HYPLORA_DIRECT_LAUNCH=0`` turns direct launches off.
+DIRECT_LAUNCH = os.environ.get("HYPLORA_DIRECT_LAUNCH", "1") != "0"
+_COMPILED: dict = {}  # key (see `_launch`) -> the compiled kernel that Triton's JIT entry returned for it
+_COMPILED_MAX = 4096  # entries; a new token count is a new key (a server's prefills), so the table is bounded
+
+
+def _direct_launch_supported() -> bool:
+    """Triton 3.6 and later (checked on a GPU with 3.6; 3.9's source has the same calls), where a compiled
+    kernel's launcher takes ``(grid x, y, z, stream, function, packed metadata, launch metadata, enter hook,
+    exit hook, *every parameter)``, as Triton's JIT entry calls it, and ``triton.knobs`` holds the launch hooks.
+    Not in the interpreter, which compiles nothing."""
+    if triton is None or INTERPRET or not hasattr(triton, "knobs"):
+        return False
+    try:
+        major, minor = (int(part) for part in triton.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (3, 6)
+
+
+_DIRECT_SUPPORTED = _direct_launch_supported()
+
+
+@functools.lru_cache(maxsize=None)
+def _current_stream():
+    """Triton's own query of the current CUDA stream (the torch stream it launches on)."""
+    return triton.runtime.driver.active.get_current_stream
+
+
+def _launch(kernel, grid: tuple, warps: int, tensors: tuple, numbers: tuple, constants: dict) -> None:
+    """``kernel[grid](*tensors, *numbers, **constants, num_warps=warps)``: the kernel's tensor parameters come
+    first, then its numbers, then its compile-time constants, in the kernel's order. Launched directly through
+    the compiled kernel when this call's key (see above) was seen before, else through Triton's JIT entry."""
+    global DIRECT_LAUNCH
+    key = None
+    if DIRECT_LAUNCH and _DIRECT_SUPPORTED:
+        device = torch.cuda.current_device()
+        key = (id(kernel), warps, device, *constants.values(), *numbers, *[t.dtype for t in tensors],
+               *[t.data_ptr() % 16 for t in tensors])
+        compiled = _COMPILED.get(key)
+        if compiled is not None:
+            # the launcher's call as Triton's JIT entry makes it, launch hooks (profilers) included
+            arguments = (*tensors, *numbers, *constants.values())
+            grid = (*grid, *(1,) * (3 - len(grid)))
+            stream = _current_stream()(device)
+            runtime = triton.knobs.runtime
+            try:
+                compiled.run(*grid, stream, compiled.function, compiled.packed_metadata,
+                             compiled.launch_metadata(grid, stream, *arguments), runtime.launch_enter_hook,
+                             runtime.launch_exit_hook, *arguments)
+                return
+            except TypeError:  # a launcher that takes other arguments (parsed before launching): JIT entries only
+                DIRECT_LAUNCH = False
+                _COMPILED.clear()
+                key = None
+    compiled = kernel[grid](*tensors, *numbers, **constants, num_warps=warps)
+    if key is not None and getattr(compiled, "function", None) is not None and (
+            list(constants) == _constant_names(kernel, len(tensors) + len(numbers))):
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = compiled
+
+
+@functools.lru_cache(maxsize=None)
+def _constant_names(kernel, runtime: int) -> list:
+    """The names of the kernel's parameters after its first ``runtime`` ones (a direct launch passes the
+    compile-time constants by position, so they must come in the kernel's order)."""
+    return list(kernel.arg_names[runtime:])
+
+
 @functools.lru_cache(maxsize=None)
 def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
@@ -801,7 +881,7 @@ def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     blocks, warps = _gram_blocks(rank)
     slabs, per_slab = _slabs(n, max(128, blocks["BLOCK_N"]), 128)
     out = torch.zeros((rank, rank), dtype=torch.float32, device=weight.device)
-    _gram_kernel[(slabs,)](weight, out, n, rank, per_slab, num_warps=warps, **blocks)
+    _launch(_gram_kernel, (slabs,), warps, (weight, out), (n, rank, per_slab), blocks)
     return out
 
 
@@ -820,8 +900,9 @@ def gate_backward(q, a_raw, coef, gram_a, B, base):
     # the two rho sums, then M: returned tensors start at the buffer's start (inductor requires 16-byte alignment)
     sums = torch.zeros((_ALIGN + (rank * rank if sum_m else 0),), dtype=torch.float32, device=device)
     beta = w if sum_m else torch.empty((rows,), dtype=torch.float32, device=device)
-    _gate_backward_kernel[(slabs,)](q, a_raw, coef, gram_a, p, w, sums[_ALIGN:], sums, beta, rows, rank, per_slab,
-                                    BLOCK_T=block_t, BLOCK_R=block_r, SUM_M=sum_m, num_warps=warps)
+    _launch(_gate_backward_kernel, (slabs,), warps,
+            (q, a_raw, coef, gram_a, p, w, sums[_ALIGN:], sums, beta), (rows, rank, per_slab),
+            {"BLOCK_T": block_t, "BLOCK_R": block_r, "SUM_M": sum_m})
     m = sums[_ALIGN:] if sum_m else torch.mm((a_raw * beta[:, None]).t(), a_raw)
     return p, w, _times_small(B, m, base, rank), sums[:2]
 
@@ -841,8 +922,9 @@ def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_
     sums = torch.zeros((vector + points * points,), dtype=torch.float32, device=device)
     m = sums[vector:]
     beta = w if blocks["SUM_HH"] else torch.empty((rows,), dtype=torch.float32, device=device)
-    _lorentz_full_backward_kernel[(slabs,)](q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m,
-                                            sums, beta, rows, rank, per_slab, num_warps=warps, **blocks)
+    _launch(_lorentz_full_backward_kernel, (slabs,), warps,
+            (q, a_raw, point, gram_point, scalars, coefficients, a_time, p_a, w, m, sums, beta), (rows, rank, per_slab),
+            blocks)
     if not blocks["SUM_HH"]:
         h = point[:, 1:]
         m.view(points, points)[1:, 1:].add_(torch.mm((h * beta[:, None]).t(), h))
@@ -855,8 +937,8 @@ def _times_small(B, m, base, rank):
     d_out = B.shape[0]
     out = torch.empty_like(B)
     blocks, warps = _times_small_blocks(rank)
-    _matmul_small_kernel[(max(1, triton.cdiv(d_out, blocks["BLOCK_D"])),)](B, m, base, out, d_out, rank,
-                                                                            num_warps=warps, **blocks)
+    _launch(_matmul_small_kernel, (max(1, triton.cdiv(d_out, blocks["BLOCK_D"])),), warps,
+            (B, m, base, out), (d_out, rank), blocks)
     return out
 
 
@@ -871,11 +953,11 @@ def gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, thet
     block_t, block_r, block_c, warps = _forward_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
-        _gate_forward_kernel[(triton.cdiv(rows, block_t),)](
-            a_raw, norm_x, gram, log_ratios, z, coef, gram_a, rows, rank, float(k0), float(s0), float(scaling),
-            theta, sinh_theta, VARIANT=VARIANT_IDS[variant], WITH_COEF=with_coefficients, BLOCK_T=block_t,
-            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
-        )
+        _launch(_gate_forward_kernel, (triton.cdiv(rows, block_t),), warps,
+                (a_raw, norm_x, gram, log_ratios, z, coef, gram_a),
+                (rows, rank, float(k0), float(s0), float(scaling), theta, sinh_theta),
+                {"VARIANT": VARIANT_IDS[variant], "WITH_COEF": with_coefficients, "BLOCK_T": block_t,
+                 "BLOCK_R": block_r, "BLOCK_C": block_c})
     return (z, coef, gram_a) if with_coefficients else (z, None, None)
 
 
@@ -894,11 +976,10 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scalin
         point = gram_point = scalars = coefficients = z
     block_t, block_r, block_c, warps = _forward_blocks(rank + 1)
     if rows:
-        _lorentz_full_forward_kernel[(triton.cdiv(rows, block_t),)](
-            a_raw, a_time, norm_x, gram, log_ratios, z, point, gram_point, scalars, coefficients, rows, rank,
-            float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max),
-            WITH_COEF=with_coefficients, BLOCK_T=block_t, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps,
-        )
+        _launch(_lorentz_full_forward_kernel, (triton.cdiv(rows, block_t),), warps,
+                (a_raw, a_time, norm_x, gram, log_ratios, z, point, gram_point, scalars, coefficients),
+                (rows, rank, float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max)),
+                {"WITH_COEF": with_coefficients, "BLOCK_T": block_t, "BLOCK_R": block_r, "BLOCK_C": block_c})
     return z, ((point, gram_point, scalars, coefficients) if with_coefficients else None)
 
 
@@ -913,10 +994,9 @@ def add_gated_(out, y, x, log_ratios, k0, s0, variant, scaling, theta_max) -> No
     rows, d_out = y.shape
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
-        _add_gated_kernel[(rows,)](
-            out, y, x, log_ratios, x.shape[1], d_out, float(k0), float(s0), float(scaling), theta, sinh_theta,
-            VARIANT=VARIANT_IDS[variant], BLOCK=1024,
-        )
+        _launch(_add_gated_kernel, (rows,), 4,
+                (out, y, x, log_ratios), (x.shape[1], d_out, float(k0), float(s0), float(scaling), theta, sinh_theta),
+                {"VARIANT": VARIANT_IDS[variant], "BLOCK": 1024})
 
 
 @_on_tensor_device
@@ -928,11 +1008,11 @@ def add_lorentz_full_(out, y_raw, x, a_raw, A, B, v, log_ratios, k0, s0, scaling
     rows, d_out = y_raw.shape
     rank = a_raw.shape[1]
     if rows:
-        _add_lorentz_full_kernel[(rows,)](
-            out, y_raw, x, a_raw, A, B, v, log_ratios, x.shape[1], d_out, rank, A.stride(0), B.stride(0), float(k0),
-            float(s0), float(scaling), float(theta_max), math.sinh(theta_max), BLOCK=1024,
-            BLOCK_R=_add_lorentz_full_block(rank),
-        )
+        _launch(_add_lorentz_full_kernel, (rows,), 4,
+                (out, y_raw, x, a_raw, A, B, v, log_ratios),
+                (x.shape[1], d_out, rank, A.stride(0), B.stride(0), float(k0), float(s0), float(scaling),
+                 float(theta_max), math.sinh(theta_max)),
+                {"BLOCK": 1024, "BLOCK_R": _add_lorentz_full_block(rank)})
 
 
 def _add_lorentz_full_block(rank: int) -> int:
@@ -961,6 +1041,7 @@ FUSED_SPLIT_MAX_ROWS = 0
 FUSED_SPLIT_COLUMNS = 512
 
 
+@functools.lru_cache(maxsize=None)
 def _fused_blocks(rank: int) -> tuple[dict, int]:
     """Blocks and warps of `_add_fused_kernel` for adapters of this rank (space rank for "lorentz-full")."""
     block_r = max(16, triton.next_power_of_2(rank))
@@ -999,12 +1080,12 @@ def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gr
     blocks, warps = _fused_blocks(A.shape[0])
     slice_columns = FUSED_SPLIT_COLUMNS if gram is not None else d_out
     if rows:
-        _add_fused_kernel[(triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns))](
-            out, x, A, B, log_ratios, gram if gram is not None else log_ratios, rows, d_in, d_out, A.shape[0],
-            A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0), float(s0), float(scaling), theta,
-            sinh_theta, VARIANT=VARIANT_IDS[variant], TIME=int(variant == "lorentz-full"), GRAM=int(gram is not None),
-            num_warps=warps, **blocks,
-        )
+        _launch(_add_fused_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns)), warps,
+                (out, x, A, B, log_ratios, gram if gram is not None else log_ratios),
+                (rows, d_in, d_out, A.shape[0], A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0),
+                 float(s0), float(scaling), theta, sinh_theta),
+                {"VARIANT": VARIANT_IDS[variant], "TIME": int(variant == "lorentz-full"), "GRAM": int(gram is not None),
+                 **blocks})
 
 
 _GRAMS = WeakIdKeyDictionary()  # B -> ((address, version, shape), B^T B); an entry goes with its B
