@@ -35,6 +35,9 @@ METHOD_LABELS = {
     "hyplora-lorentz-jit": "hyplora lorentz, Triton's JIT entry",
     "hyplora-lorentz-full-jit": "hyplora lorentz-full, Triton's JIT entry",
     "hyplora-stereographic-jit": "hyplora stereographic, Triton's JIT entry",
+    # not in METHODS: no one kernel in the eager no-grad branch (LoRA's two matmuls and the gate kernel for every
+    # layer; decode.py switches it per method)
+    "hyplora-lorentz-matmul": "hyplora lorentz, matmul path only",
 }
 
 # Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; llama8b: all 32 layers
@@ -112,7 +115,7 @@ def adapter_config(method: str, rank: int):
         return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
     if method not in METHOD_LABELS or method == "base":
         raise SystemExit(f"unknown method {method!r}; choose from {[m for m in METHOD_LABELS if m != 'base']}")
-    variant = method.removeprefix("hyplora-").removesuffix("-jit")
+    variant = method.removeprefix("hyplora-").removesuffix("-jit").removesuffix("-matmul")
     if variant == "reference":
         return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
     fixed = variant.endswith("-fixed")

@@ -180,12 +180,21 @@ def generate_once(model, ids, mask, new_tokens: int, pad_id: int, cache=None) ->
                           do_sample=False, use_cache=True, pad_token_id=pad_id, **extra)
 
 
+_ONE_KERNEL_LIMITS = {}  # the one-kernel limits in force before any "-matmul" method ran (see `select_launches`)
+
+
 def select_launches(method: str) -> None:
-    """Triton's JIT entry for every launch of a "-jit" method, else the direct launches of kept compiled kernels
-    (`kernels._launch`, the default)."""
+    """Per method: Triton's JIT entry for every launch of a "-jit" method, else the direct launches of kept
+    compiled kernels (`kernels._launch`, the default); LoRA's two matmuls and the gate kernel for every no-grad
+    layer of a "-matmul" method (`kernels.FUSED_MAX_ROWS = FUSED_NARROW_MAX_ROWS = 0`), else the limits as set."""
     from hyplora.adapter import kernels
 
     kernels.DIRECT_LAUNCH = not method.endswith("-jit")
+    names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS")
+    if not _ONE_KERNEL_LIMITS:
+        _ONE_KERNEL_LIMITS.update({name: getattr(kernels, name) for name in names})
+    for name in names:
+        setattr(kernels, name, 0 if method.endswith("-matmul") else _ONE_KERNEL_LIMITS[name])
 
 
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:

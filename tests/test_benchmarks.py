@@ -69,8 +69,9 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     """--model llama8b (all 32 layers; tiny: 4) and --fused-max-rows, which the header records; a negative limit
     is refused."""
     out = tmp_path / "decode.json"
-    run_script("decode.py", "--tiny", "--model", "llama8b", "--methods", "lora,hyplora-lorentz,hyplora-lorentz-jit",
-               "--batch-sizes", "1", "--repeats", "1", "--fused-max-rows", "0", "--json", str(out))
+    run_script("decode.py", "--tiny", "--model", "llama8b", "--methods",
+               "lora,hyplora-lorentz,hyplora-lorentz-jit,hyplora-lorentz-matmul", "--batch-sizes", "1", "--repeats", "1",
+               "--fused-max-rows", "0", "--json", str(out))
     report = json.loads(out.read_text())
     assert "FUSED_MAX_ROWS=0 FUSED_NARROW_MAX_ROWS=0" in report["header"][1]
     rows = {row["method"]: row for row in report["cases"][0]["rows"]}
@@ -78,6 +79,7 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     # the same adapter with every launch through Triton's JIT entry (on a GPU; the same path here)
     assert rows["hyplora-lorentz-jit"]["adapted_layers"] == 4 * 5
     assert rows["hyplora-lorentz-jit"]["label"] == "hyplora lorentz, Triton's JIT entry"
+    assert rows["hyplora-lorentz-matmul"]["label"] == "hyplora lorentz, matmul path only"
     refused = subprocess.run([sys.executable, str(BENCHMARKS / "decode.py"), "--tiny", "--fused-max-rows", "-1"],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "--fused-max-rows must be >= 0" in refused.stderr
