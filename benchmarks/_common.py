@@ -38,6 +38,11 @@ METHOD_LABELS = {
     # not in METHODS: no one kernel in the eager no-grad branch (LoRA's two matmuls and the gate kernel for every
     # layer; decode.py switches it per method)
     "hyplora-lorentz-matmul": "hyplora lorentz, matmul path only",
+    # not in METHODS: the two-pass no-grad branch on wide layers (kernels.TWO_PASS_MAX_ROWS = 256; decode.py
+    # switches it per method)
+    "hyplora-lorentz-two-pass": "hyplora lorentz, two passes on wide layers",
+    "hyplora-lorentz-full-two-pass": "hyplora lorentz-full, two passes on wide layers",
+    "hyplora-stereographic-two-pass": "hyplora stereographic, two passes on wide layers",
 }
 
 # Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; llama8b: all 32 layers
@@ -115,7 +120,9 @@ def adapter_config(method: str, rank: int):
         return peft.LoraConfig(r=rank, lora_alpha=64, target_modules=TARGETS, task_type="CAUSAL_LM")
     if method not in METHOD_LABELS or method == "base":
         raise SystemExit(f"unknown method {method!r}; choose from {[m for m in METHOD_LABELS if m != 'base']}")
-    variant = method.removeprefix("hyplora-").removesuffix("-jit").removesuffix("-matmul")
+    variant = method.removeprefix("hyplora-")
+    for suffix in ("-jit", "-matmul", "-two-pass"):
+        variant = variant.removesuffix(suffix)
     if variant == "reference":
         return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")
     fixed = variant.endswith("-fixed")

@@ -186,15 +186,17 @@ _ONE_KERNEL_LIMITS = {}  # the one-kernel limits in force before any "-matmul" m
 def select_launches(method: str) -> None:
     """Per method: Triton's JIT entry for every launch of a "-jit" method, else the direct launches of kept
     compiled kernels (`kernels._launch`, the default); LoRA's two matmuls and the gate kernel for every no-grad
-    layer of a "-matmul" method (`kernels.FUSED_MAX_ROWS = FUSED_NARROW_MAX_ROWS = 0`), else the limits as set."""
+    layer of a "-matmul" method (`kernels.FUSED_MAX_ROWS = FUSED_NARROW_MAX_ROWS = 0`), else the limits as set;
+    the two-pass form on wide layers up to 256 tokens for a "-two-pass" method (`kernels.TWO_PASS_MAX_ROWS`)."""
     from hyplora.adapter import kernels
 
     kernels.DIRECT_LAUNCH = not method.endswith("-jit")
-    names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS")
+    names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "TWO_PASS_MAX_ROWS")
     if not _ONE_KERNEL_LIMITS:
         _ONE_KERNEL_LIMITS.update({name: getattr(kernels, name) for name in names})
-    for name in names:
+    for name in names[:2]:
         setattr(kernels, name, 0 if method.endswith("-matmul") else _ONE_KERNEL_LIMITS[name])
+    kernels.TWO_PASS_MAX_ROWS = 256 if method.endswith("-two-pass") else _ONE_KERNEL_LIMITS["TWO_PASS_MAX_ROWS"]
 
 
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:

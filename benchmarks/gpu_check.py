@@ -127,6 +127,24 @@ def check_split_one_kernel(variant: str, device: torch.device, token_counts=(1, 
             setattr(kernels, name, value)
 
 
+def check_two_pass(variant: str, device: torch.device, token_counts=(1, 16),
+                   shapes=((4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)),
+                   columns: int | None = None) -> dict[str, float]:
+    """The eager no-grad branch in two launches (`kernels.two_pass`, off by default: switched on here): ``x A^T``
+    and ``|x|^2`` split over the input columns, then the split kernel summing the parts, with ``|y|`` from B's
+    Gram matrix; against the float64 literal branch, on the 8B shape's layers."""
+    names = ("TWO_PASS_MAX_ROWS", "TWO_PASS_COLUMNS", "FUSED_NARROW_WIDTH")
+    saved = {name: getattr(kernels, name) for name in names}
+    kernels.TWO_PASS_MAX_ROWS = max(token_counts)
+    kernels.TWO_PASS_COLUMNS = columns or kernels.TWO_PASS_COLUMNS
+    kernels.FUSED_NARROW_WIDTH = 0  # every shape given counts as wide (small ones too, for the CI run)
+    try:
+        return _in_place_errors(variant, device, shapes, token_counts, kernels.two_pass, seed=5)
+    finally:
+        for name, value in saved.items():
+            setattr(kernels, name, value)
+
+
 def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
     """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x)."""
     gen = torch.Generator().manual_seed(1)
@@ -255,6 +273,9 @@ def main() -> int:
         failed |= report("eager no-grad one kernel on wide layers, |y| from B's Gram matrix, d_out split (switched on "
                          "for this check), against the float64 literal reference on the CPU:", gated,
                          lambda variant: check_split_one_kernel(variant, device))
+        failed |= report("eager no-grad branch in two launches, x A^T split over the input columns (switched on for "
+                         "this check), against the float64 literal reference on the CPU:", gated,
+                         lambda variant: check_two_pass(variant, device))
         print("direct launches of the kept compiled kernels against Triton's JIT entry (kernels._launch), bit for "
               "bit:")
         for variant in gated:

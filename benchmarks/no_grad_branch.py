@@ -6,8 +6,10 @@ eager decoding step). Up to `kernels.FUSED_MAX_ROWS` tokens (`kernels.FUSED_NARR
 `kernels.FUSED_MAX_WIDTH` it makes one Triton launch (`kernels.add_fused_`), whose programs each read A once
 and B twice, one tile after another; beyond, it makes four launches (cast of x, two cuBLAS matmuls, one Triton
 kernel). Where `kernels.splits` says so (up to `kernels.FUSED_SPLIT_MAX_ROWS` tokens, off by default), the one
-kernel takes ``|y|`` from B's Gram matrix and splits d_out across programs ("one kernel, split"). This script
-times the three paths for each (d_in, d_out) of the benchmark models and several token counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around back-to-back calls
+kernel takes ``|y|`` from B's Gram matrix and splits d_out across programs ("one kernel, split"); where
+`kernels.two_pass` does (wide layers up to `kernels.TWO_PASS_MAX_ROWS` tokens, off by default), a first launch
+splits ``x A^T`` over the input columns and the split kernel sums its parts ("two passes"). This script
+times the four paths for each (d_in, d_out) of the benchmark models and several token counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around back-to-back calls
 of a path whose launches are queued ahead, then the same calls timed on the host until they return, which
 is the host's cost while the GPU keeps up). The dispatch limits in `kernels` are read off this table: the
 one-kernel path pays in GPU time what it saves in host time.
@@ -56,12 +58,12 @@ def main(argv=None) -> int:
               f"no-grad branch, variant {args.variant}, r={args.rank}, bf16 x and output, float32 adapter"]
     print("\n".join(header))
     print("\n| d_in | d_out | tokens | one kernel: GPU us | host us | matmuls + kernel: GPU us | host us | "
-          "one kernel, split: GPU us | host us | default path |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "one kernel, split: GPU us | host us | two passes: GPU us | host us | default path |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     full = args.variant == "lorentz-full"
     rows_out = []
     names = ("FUSED_MAX_ROWS", "FUSED_MAX_WIDTH", "FUSED_NARROW_WIDTH", "FUSED_NARROW_MAX_ROWS",
-             "FUSED_SPLIT_MAX_ROWS")
+             "FUSED_SPLIT_MAX_ROWS", "TWO_PASS_MAX_ROWS")
     limits = {name: getattr(kernels, name) for name in names}
 
     def set_limits(values: dict) -> None:
@@ -78,12 +80,13 @@ def main(argv=None) -> int:
                 x = torch.randn(rows, d_in, device=device, generator=generator).to(torch.bfloat16)
                 out = torch.zeros(rows, d_out, device=device, dtype=torch.bfloat16)
                 set_limits(limits)
-                default = ("one kernel" if kernels.fuses(rows, d_in, d_out) else "one kernel, split"
+                default = ("two passes" if kernels.two_pass(rows, d_in, d_out) else "one kernel"
+                           if kernels.fuses(rows, d_in, d_out) else "one kernel, split"
                            if kernels.splits(rows, d_in, d_out) else "matmuls + kernel")
                 timings = {}
                 width = d_in + 2 * d_out
-                forced = {"one kernel": (rows, width, width, rows, 0), "matmuls + kernel": (0, 0, 0, 0, 0),
-                          "one kernel, split": (0, 0, 0, 0, rows)}
+                forced = {"one kernel": (rows, width, width, rows, 0, 0), "matmuls + kernel": (0, 0, 0, 0, 0, 0),
+                          "one kernel, split": (0, 0, 0, 0, rows, 0), "two passes": (0, 0, 0, 0, 0, rows)}
                 for name, values in forced.items():
                     set_limits(dict(zip(names, values)))
 
@@ -108,12 +111,13 @@ def main(argv=None) -> int:
                     host_us = (time.perf_counter() - begin) * 1e6 / args.calls
                     torch.cuda.synchronize()
                     timings[name] = (gpu_us, host_us)
-                (fg, fh), (mg, mh), (sg, sh) = (timings[name] for name in forced)
+                (fg, fh), (mg, mh), (sg, sh), (tg, th) = (timings[name] for name in forced)
                 print(f"| {d_in} | {d_out} | {rows} | {fg:.1f} | {fh:.1f} | {mg:.1f} | {mh:.1f} | {sg:.1f} | {sh:.1f} "
-                      f"| {default} |", flush=True)
+                      f"| {tg:.1f} | {th:.1f} | {default} |", flush=True)
                 rows_out.append({"d_in": d_in, "d_out": d_out, "tokens": rows, "one_kernel_gpu_us": fg,
                                  "one_kernel_host_us": fh, "matmuls_gpu_us": mg, "matmuls_host_us": mh,
-                                 "split_gpu_us": sg, "split_host_us": sh, "default": default})
+                                 "split_gpu_us": sg, "split_host_us": sh, "two_pass_gpu_us": tg,
+                                 "two_pass_host_us": th, "default": default})
     finally:
         set_limits(limits)
     if args.json:

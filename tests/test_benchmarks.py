@@ -70,7 +70,8 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     is refused."""
     out = tmp_path / "decode.json"
     run_script("decode.py", "--tiny", "--model", "llama8b", "--methods",
-               "lora,hyplora-lorentz,hyplora-lorentz-jit,hyplora-lorentz-matmul", "--batch-sizes", "1", "--repeats", "1",
+               "lora,hyplora-lorentz,hyplora-lorentz-jit,hyplora-lorentz-matmul,hyplora-lorentz-two-pass",
+               "--batch-sizes", "1", "--repeats", "1",
                "--fused-max-rows", "0", "--json", str(out))
     report = json.loads(out.read_text())
     assert "FUSED_MAX_ROWS=0 FUSED_NARROW_MAX_ROWS=0" in report["header"][1]
@@ -80,6 +81,7 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     assert rows["hyplora-lorentz-jit"]["adapted_layers"] == 4 * 5
     assert rows["hyplora-lorentz-jit"]["label"] == "hyplora lorentz, Triton's JIT entry"
     assert rows["hyplora-lorentz-matmul"]["label"] == "hyplora lorentz, matmul path only"
+    assert rows["hyplora-lorentz-two-pass"]["label"] == "hyplora lorentz, two passes on wide layers"
     refused = subprocess.run([sys.executable, str(BENCHMARKS / "decode.py"), "--tiny", "--fused-max-rows", "-1"],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "--fused-max-rows must be >= 0" in refused.stderr
@@ -220,6 +222,11 @@ def test_gpu_check_one_kernel_checks_run_small_in_the_interpreter():
                                                   shapes=((24, 40),), columns=16)
         assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
         assert kernels.FUSED_SPLIT_MAX_ROWS == 0
+        # the two-pass form, switched on inside it and off again after it
+        errors = gpu_check.check_two_pass(variant, torch.device("cpu"), token_counts=(1, 5), shapes=((40, 24),),
+                                          columns=16)
+        assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
+        assert kernels.TWO_PASS_MAX_ROWS == 0 and kernels.FUSED_NARROW_WIDTH == 4096
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():

@@ -143,20 +143,26 @@ def test_unusable_without_triton_or_for_large_ranks(interpreted, monkeypatch):
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 # rows, d_in, d_out, rank: longer than a block, rows that do not fill a block of tokens, ranks past a power of 2
 @pytest.mark.parametrize("shape", [(40, 32, 24, 8), (3, 2500, 1100, 5), (37, 130, 70, 33)])
-@pytest.mark.parametrize("path", ["one-kernel", "matmuls-and-kernel", "split"])
+@pytest.mark.parametrize("path", ["one-kernel", "matmuls-and-kernel", "split", "two-pass"])
 def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, monkeypatch, variant, out_dtype,
                                                                     shape, path):
     rows, d_in, d_out, rank = shape
-    one_kernel = path != "matmuls-and-kernel"
+    one_kernel = path in ("one-kernel", "split")
     for limit in ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS"):
         monkeypatch.setattr(kernels, limit, rows if path == "one-kernel" else rows - 1)
     # "split": d_out in slices of 16 columns (several programs per token block; the last slice partial)
     monkeypatch.setattr(kernels, "FUSED_SPLIT_MAX_ROWS", rows if path == "split" else 0)
     monkeypatch.setattr(kernels, "FUSED_SPLIT_COLUMNS", 16)
+    # "two-pass": x A^T in parts of 16 input columns (the last one partial), then the split kernel summing them;
+    # every layer here counts as wide
+    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", rows if path == "two-pass" else 0)
+    monkeypatch.setattr(kernels, "TWO_PASS_COLUMNS", 16)
+    monkeypatch.setattr(kernels, "FUSED_NARROW_WIDTH", 0)
     assert kernels.fuses(rows, d_in, d_out) == (path == "one-kernel")
     assert kernels.splits(rows, d_in, d_out) == (path == "split")
+    assert kernels.two_pass(rows, d_in, d_out) == (path == "two-pass")
     launched = []
-    for name in ("add_fused_", "add_gated_", "add_lorentz_full_"):
+    for name in ("add_fused_", "add_gated_", "add_lorentz_full_", "add_two_pass_"):
         original = getattr(kernels, name)
         monkeypatch.setattr(kernels, name, lambda *a, _name=name, _original=original, **k: launched.append(_name)
                             or _original(*a, **k))
@@ -168,7 +174,7 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
     with torch.no_grad():
         assert Fn.adds_in_place(out, variant, x, A)
         Fn.add_gated_branch_(out, variant, x, A, B, log_ratios, k0, s0, scaling, theta_max)
-    assert launched == (["add_fused_"] if one_kernel else
+    assert launched == (["add_fused_"] if one_kernel else ["add_two_pass_"] if path == "two-pass" else
                         ["add_lorentz_full_" if variant == "lorentz-full" else "add_gated_"])
     K, s = k0 * torch.exp(log_ratios[0:1].double()), s0 * torch.exp(log_ratios[1:2].double())
     literal = Fn.LITERAL_BRANCHES[variant](x.double(), A.double(), B.double(), K, s, scaling, theta_max)
@@ -353,6 +359,14 @@ def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch
     # narrow layers: up to FUSED_NARROW_MAX_ROWS tokens
     assert kernels.fuses(4096, 50, 25) and not kernels.fuses(4097, 50, 25)
     assert not kernels.fuses(65, 50, 26)  # one column wider than narrow: the general limit
+
+
+def test_two_pass_form_only_for_wide_layers_and_few_tokens_and_off_by_default(monkeypatch):
+    assert kernels.TWO_PASS_MAX_ROWS == 0 and not kernels.two_pass(1, 4096, 4096)  # off until timed on a GPU
+    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", 16)
+    assert kernels.two_pass(1, 4096, 4096) and kernels.two_pass(16, 14336, 4096)  # the 8B shape's q and down
+    assert not kernels.two_pass(17, 4096, 4096)  # more tokens than the limit
+    assert not kernels.two_pass(1, 576, 1536)  # a narrow layer (SmolLM2's up): the one kernel is cheap there
 
 
 def test_one_kernel_limits_take_smollm2_prefill_and_not_a_wide_layers():

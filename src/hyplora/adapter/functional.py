@@ -601,7 +601,8 @@ def add_gated_branch_(
     This is the eager no-grad path (a prefill, eager decoding), where every launch costs host time. For few
     tokens and layers not too wide (`kernels.fuses`), one Triton kernel does everything (`kernels.add_fused_`);
     where `kernels.splits` says so (wide layers, few tokens; off by default), the same kernel with ``|y|`` from
-    B's cached Gram matrix and ``d_out`` split across programs.
+    B's cached Gram matrix and ``d_out`` split across programs; where `kernels.two_pass` does (off by default),
+    that kernel after a launch that splits ``x A^T`` over the input columns.
     Otherwise LoRA's two matmuls give ``y = B A x`` (float32), and one Triton kernel takes ``|x|`` and ``|y|``,
     the gate, and adds ``(scaling G / s) y`` to ``out``, rounding once to its dtype. Either replaces the Gram
     matrix, the rank-space kernel, the norm of x and the separate sum into ``out`` of the training path.
@@ -610,6 +611,11 @@ def add_gated_branch_(
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     out2 = out.view(-1, out.shape[-1])
+    if kernels.two_pass(x2.shape[0], x2.shape[1], out2.shape[1]):  # wide layers, few tokens (off by default)
+        B = B.contiguous()
+        kernels.add_two_pass_(out2, x2, A.contiguous(), B, log_ratios, k0, s0, variant, scaling, theta_max,
+                              kernels.cached_gram(B))
+        return
     if kernels.fuses(x2.shape[0], x2.shape[1], out2.shape[1]):  # few tokens: one launch in all, where host time per launch decides
         kernels.add_fused_(out2, x2, A.contiguous(), B.contiguous(), log_ratios, k0, s0, variant, scaling, theta_max)
         return

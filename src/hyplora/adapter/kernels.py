@@ -147,8 +147,12 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
     configs.append(("_add_lorentz_full_kernel", {"BLOCK": 1024, "BLOCK_R": _add_lorentz_full_block(rank)}, 4))
     fused, fused_warps = _fused_blocks(rank)
     for variant, time in ((0, 0), (1, 0), (2, 1)):
-        for gram in (0, 1):
-            configs.append(("_add_fused_kernel", {"VARIANT": variant, "TIME": time, "GRAM": gram, **fused},
+        for gram, parts in ((0, 0), (1, 0), (1, 16)):  # one kernel; split; the two-pass form's second launch
+            configs.append(("_add_fused_kernel", {"VARIANT": variant, "TIME": time, "GRAM": gram, "PARTS": parts,
+                                                  **fused}, fused_warps))
+        if variant != 1:
+            configs.append(("_partial_point_kernel", {"TIME": time, "BLOCK_T": fused["BLOCK_T"],
+                                                      "BLOCK_K": TWO_PASS_BLOCK_K, "BLOCK_R": fused["BLOCK_R"]},
                             fused_warps))
     configs += [
         ("_gate_backward_kernel", {"BLOCK_T": backward_t, "BLOCK_R": backward_r, "SUM_M": sum_m}, backward_warps),
@@ -657,21 +661,28 @@ if triton is not None:
         return y
 
     @triton.jit
-    def _fused_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, D_IN, A_STRIDE, K, s, theta_max, sinh_theta_max,
-                     TIME: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
-        """Pass 1 of `_add_fused_kernel`: ``(a, |x|^2, t)`` for a block of tokens, with ``a = x A_s^T`` ("lorentz",
-        "stereographic"; ``t = 0``) or the point's space part ``h`` and time coordinate ``t`` ("lorentz-full")."""
+    def _raw_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, first, end, D_IN, A_STRIDE, TIME: tl.constexpr,
+                   BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr):
+        """``(x A_s^T, |x|^2)`` over the input columns ``first`` to ``end`` for a block of tokens (x in its own
+        dtype, A_s = A after its ``TIME`` time columns, float32, products "tf32x3")."""
         a = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
         squared_x = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for start in range(0, D_IN, BLOCK_K):
+        for start in range(first, end, BLOCK_K):
             cols = start + tl.arange(0, BLOCK_K)
-            col_mask = cols < D_IN
+            col_mask = cols < end
             x = tl.load(x_ptr + rows[:, None] * D_IN + cols[None, :], mask=row_mask[:, None] & col_mask[None, :],
                         other=0.0).to(tl.float32)
             squared_x += tl.sum(x * x, axis=1)
             weight = tl.load(a_ptr + TIME + ranks[:, None] * A_STRIDE + cols[None, :],
                              mask=r_mask[:, None] & col_mask[None, :], other=0.0)
             a = tl.dot(x, tl.trans(weight), a, input_precision="tf32x3")
+        return a, squared_x
+
+    @triton.jit
+    def _point_from_raw(a, squared_x, a_ptr, ranks, r_mask, A_STRIDE, K, s, theta_max, sinh_theta_max,
+                        BLOCK_T: tl.constexpr, TIME: tl.constexpr):
+        """``(a, t)``: ``a`` itself and ``t = 0`` ("lorentz", "stereographic"), or for "lorentz-full" the point's
+        space part ``h = (g1 / s) a + sqrt(K) cosh(c) A[:, 0]`` and time coordinate ``t = sqrt(K + |h|^2)``."""
         t = tl.zeros([BLOCK_T], dtype=tl.float32)
         if TIME:
             sqrt_k = tl.sqrt(K)
@@ -684,7 +695,27 @@ if triton is not None:
             a_time = tl.load(a_ptr + ranks * A_STRIDE, mask=r_mask, other=0.0)
             a = g1_s[:, None] * a + kcosh[:, None] * a_time[None, :]
             t = tl.sqrt(tl.sum(a * a, axis=1) + K)
-        return a, squared_x, t
+        return a, t
+
+    @triton.jit
+    def _partial_point_kernel(x_ptr, a_ptr, part_ptr, squared_ptr, ROWS, D_IN, R, A_STRIDE, SLICE_IN,
+                              TIME: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+                              BLOCK_R: tl.constexpr):
+        """Pass 1 of the two-pass no-grad branch: program (i, p) forms ``x A_s^T`` and ``|x|^2`` of token block i
+        over input columns ``[p SLICE_IN, (p + 1) SLICE_IN)`` and stores them as part p, ``part[p, row, :R]`` and
+        ``squared[p, row]``; `_add_fused_kernel` with ``PARTS`` sums the parts in a fixed order (deterministic,
+        no atomic adds)."""
+        rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+        row_mask = rows < ROWS
+        ranks = tl.arange(0, BLOCK_R)
+        r_mask = ranks < R
+        part = tl.program_id(1)
+        first = part * SLICE_IN
+        a, squared_x = _raw_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, first,
+                                  tl.minimum(first + SLICE_IN, D_IN), D_IN, A_STRIDE, TIME, BLOCK_T, BLOCK_K, BLOCK_R)
+        tl.store(part_ptr + (part * ROWS + rows[:, None]) * R + ranks[None, :], a,
+                 mask=row_mask[:, None] & r_mask[None, :])
+        tl.store(squared_ptr + part * ROWS + rows, squared_x, mask=row_mask)
 
     @triton.jit
     def _gram_squared_norm(a, t, m_ptr, ranks, r_mask, M_STRIDE, TIME: tl.constexpr):
@@ -700,10 +731,10 @@ if triton is not None:
 
     @triton.jit
     def _add_fused_kernel(
-        out_ptr, x_ptr, a_ptr, b_ptr, log_ratios_ptr, m_ptr, ROWS, D_IN, D_OUT, R, A_STRIDE, B_STRIDE, M_STRIDE,
-        SLICE, k0, s0, scaling, theta_max, sinh_theta_max, VARIANT: tl.constexpr, TIME: tl.constexpr,
-        GRAM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-        BLOCK_R: tl.constexpr,
+        out_ptr, x_ptr, a_ptr, b_ptr, log_ratios_ptr, m_ptr, part_ptr, squared_ptr, ROWS, D_IN, D_OUT, R, A_STRIDE,
+        B_STRIDE, M_STRIDE, SLICE, k0, s0, scaling, theta_max, sinh_theta_max, VARIANT: tl.constexpr,
+        TIME: tl.constexpr, GRAM: tl.constexpr, PARTS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_K: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
     ):
         """A block of tokens per program, the whole no-grad branch in one launch: ``out += branch(x)``.
 
@@ -719,15 +750,28 @@ if triton is not None:
 
         GRAM = 1 (wide layers): pass 2 takes ``|y|^2`` from the Gram matrix of B (``m_ptr``) instead, and the
         second grid axis splits ``d_out`` into slices of ``SLICE`` columns, each program adding its slice; one
-        program would otherwise read the whole of B twice alone. GRAM = 0 has one slice of all ``D_OUT``."""
+        program would otherwise read the whole of B twice alone. GRAM = 0 has one slice of all ``D_OUT``.
+
+        PARTS > 0 (the two-pass form, with GRAM = 1): pass 1 is `_partial_point_kernel`'s, launched before, and
+        this kernel sums its ``PARTS`` parts of ``x A_s^T`` and ``|x|^2`` instead of reading x and A."""
         rows = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
         row_mask = rows < ROWS
         ranks = tl.arange(0, BLOCK_R)
         r_mask = ranks < R
         K = k0 * tl.exp(tl.load(log_ratios_ptr))
         s = s0 * tl.exp(tl.load(log_ratios_ptr + 1))
-        a, squared_x, t = _fused_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, D_IN, A_STRIDE, K, s, theta_max,
-                                       sinh_theta_max, TIME, BLOCK_T, BLOCK_K, BLOCK_R)
+        if PARTS:
+            a = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
+            squared_x = tl.zeros([BLOCK_T], dtype=tl.float32)
+            for part in range(PARTS):
+                a += tl.load(part_ptr + (part * ROWS + rows[:, None]) * R + ranks[None, :],
+                             mask=row_mask[:, None] & r_mask[None, :], other=0.0)
+                squared_x += tl.load(squared_ptr + part * ROWS + rows, mask=row_mask, other=0.0)
+        else:
+            a, squared_x = _raw_point(x_ptr, a_ptr, rows, row_mask, ranks, r_mask, 0, D_IN, D_IN, A_STRIDE, TIME,
+                                      BLOCK_T, BLOCK_K, BLOCK_R)
+        a, t = _point_from_raw(a, squared_x, a_ptr, ranks, r_mask, A_STRIDE, K, s, theta_max, sinh_theta_max, BLOCK_T,
+                               TIME)
         if GRAM:
             squared_y = _gram_squared_norm(a, t, m_ptr, ranks, r_mask, M_STRIDE, TIME)
         else:
@@ -1081,11 +1125,63 @@ def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gr
     slice_columns = FUSED_SPLIT_COLUMNS if gram is not None else d_out
     if rows:
         _launch(_add_fused_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns)), warps,
-                (out, x, A, B, log_ratios, gram if gram is not None else log_ratios),
+                (out, x, A, B, log_ratios, gram if gram is not None else log_ratios, log_ratios, log_ratios),
                 (rows, d_in, d_out, A.shape[0], A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0),
                  float(s0), float(scaling), theta, sinh_theta),
-                {"VARIANT": VARIANT_IDS[variant], "TIME": int(variant == "lorentz-full"), "GRAM": int(gram is not None),
-                 **blocks})
+                _fused_constants(variant, gram is not None, 0, A.shape[0]))
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_constants(variant: str, gram: bool, parts: int, rank: int) -> dict:
+    """The compile-time constants of `_add_fused_kernel`, in its order."""
+    return {"VARIANT": VARIANT_IDS[variant], "TIME": int(variant == "lorentz-full"), "GRAM": int(gram),
+            "PARTS": parts, **_fused_blocks(rank)[0]}
+
+
+# Wide layers (d_in + 2 d_out > FUSED_NARROW_WIDTH) up to TWO_PASS_MAX_ROWS tokens can take the branch in two
+# launches instead (`add_two_pass_`): `_partial_point_kernel` splits ``x A^T`` and ``|x|^2`` over slices of
+# TWO_PASS_COLUMNS input columns across programs, and `_add_fused_kernel` sums the parts, takes ``|y|`` from B's
+# Gram matrix and adds its slice of d_out. The one kernel leaves ``A x`` to one program per block of tokens, which
+# takes 85-114 us of GPU time on the 8B q and k/v shapes at one token (benchmarks/RESULTS.md); the matmul path
+# takes four launches. Off (0) until timed on a GPU.
+TWO_PASS_MAX_ROWS = 0
+TWO_PASS_COLUMNS = 256
+TWO_PASS_BLOCK_K = 64  # with the one kernel's token blocks and 8 warps: no spills on sm_90 at ranks 8-127
+
+
+def two_pass(rows: int, d_in: int, d_out: int) -> bool:
+    """Whether `add_two_pass_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer."""
+    return rows <= TWO_PASS_MAX_ROWS and d_in + 2 * d_out > FUSED_NARROW_WIDTH
+
+
+@_on_tensor_device
+def add_two_pass_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gram) -> None:
+    """``out += branch(x)`` in place by two launches (see `TWO_PASS_MAX_ROWS`); arguments as `add_fused_`, with
+    ``gram`` (``B^T B``, `cached_gram`) required."""
+    rows, d_in = x.shape
+    d_out = out.shape[1]
+    if not rows:
+        return
+    rank = A.shape[0]
+    time = int(variant == "lorentz-full")
+    if time:
+        theta, sinh_theta = float(theta_max), math.sinh(theta_max)
+    else:
+        theta, sinh_theta = _variant_constants(variant, theta_max)
+    blocks, warps = _fused_blocks(rank)
+    block_t, block_r = blocks["BLOCK_T"], blocks["BLOCK_R"]
+    parts = triton.cdiv(d_in, TWO_PASS_COLUMNS)
+    row_blocks = triton.cdiv(rows, block_t)
+    part = torch.empty((parts * rows * rank + parts * rows,), dtype=torch.float32, device=x.device)
+    squared = part[parts * rows * rank:]
+    _launch(_partial_point_kernel, (row_blocks, parts), warps, (x, A, part, squared),
+            (rows, d_in, rank, A.stride(0), TWO_PASS_COLUMNS),
+            {"TIME": time, "BLOCK_T": block_t, "BLOCK_K": TWO_PASS_BLOCK_K, "BLOCK_R": block_r})
+    _launch(_add_fused_kernel, (row_blocks, triton.cdiv(d_out, FUSED_SPLIT_COLUMNS)), warps,
+            (out, x, A, B, log_ratios, gram, part, squared),
+            (rows, d_in, d_out, rank, A.stride(0), B.stride(0), B.shape[1], FUSED_SPLIT_COLUMNS, float(k0), float(s0),
+             float(scaling), theta, sinh_theta),
+            _fused_constants(variant, True, parts, rank))
 
 
 _GRAMS = WeakIdKeyDictionary()  # B -> ((address, version, shape), B^T B); an entry goes with its B
