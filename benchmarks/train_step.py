@@ -128,7 +128,8 @@ KERNEL_KINDS = [
      re.compile(r"sgemm|gemm_f32|splitKreduce_kernel<\d+, \d+, int, float, float"
                 r"|gemvx::kernel<int, int, float|dot_kernel<float")),
     ("HypLoRA Triton kernels", re.compile(r"^_(gram|gate_forward|gate_backward|lorentz_full_forward"
-                                         r"|lorentz_full_backward|add_gated|add_lorentz_full|add_fused|matmul_small)_kernel")),
+                                         r"|lorentz_full_backward|add_gated|add_lorentz_full|add_fused|matmul_small"
+                                         r"|partial_point)_kernel")),
     ("inductor fused kernels", re.compile(r"^triton_")),
     ("copies and memsets", re.compile(r"memcpy|Memcpy|Memset")),
 ]

@@ -21,7 +21,11 @@ Without autograd (a prefill, eager decoding) there is no backward to feed, and t
 adds ``scaling G y / s`` into the base layer's output in place. That is four launches per layer instead of seven.
 For up to `FUSED_MAX_ROWS` tokens, where the host's time per launch decides, and layers not wider than
 `FUSED_MAX_WIDTH`, one kernel (`add_fused_`) does it all, the cast of x and both matmuls included; for narrow
-layers up to `FUSED_NARROW_MAX_ROWS` tokens (`fuses`).
+layers up to `FUSED_NARROW_MAX_ROWS` tokens (`fuses`). Wide layers can take it in two launches instead, ``x A^T``
+split over the input columns (`add_two_pass_`; off until timed on a GPU).
+
+Every launch goes through `_launch`, which launches a kept compiled kernel directly where Triton's JIT entry
+would choose the same one: in eager decoding that entry cost as much host time as the launch itself.
 
 The curvature and feature scale arrive as ``K = k0 exp(rho_k)``, ``s = s0 exp(rho_s)`` with ``log_ratios = (rho_k,
 rho_s)`` (the layer's parameterisation) and are formed inside the kernel, which saves four scalar launches per
