@@ -11,6 +11,7 @@ import os
 import platform
 import statistics
 import sys
+import time
 
 import torch
 
@@ -98,6 +99,22 @@ def versions_line() -> str:
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def per_call_us(fn, device, calls: int, repeats: int, warmup: int = 10) -> tuple[float, float, float]:
+    """``(median, min, max)`` microseconds per call of ``fn``, called ``calls`` times back to back in each of
+    ``repeats`` timings that end with the device synchronised: the host's time per call while the GPU keeps up."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) / calls * 1e6)
+    return statistics.median(samples), min(samples), max(samples)
 
 
 def llama_model(shape: dict, device, dtype, seed: int = 0, **overrides):

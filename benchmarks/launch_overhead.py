@@ -22,25 +22,10 @@ first checked to give the same output as the JIT entry.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-from _common import device_name, synchronize, versions_line, write_json_atomic
+from _common import device_name, per_call_us, versions_line, write_json_atomic
 
-
-def per_call_us(fn, device, calls: int, repeats: int) -> tuple[float, float, float]:
-    for _ in range(20):
-        fn()
-    synchronize(device)
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        synchronize(device)
-        samples.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(samples), min(samples), max(samples)
 
 
 def main() -> None:

@@ -827,7 +827,7 @@ def _on_tensor_device(launch):
 # kernel on each call: about as much host time as the launch itself (benchmarks/launch_overhead.py). Eager
 # decoding makes one such launch per adapted layer and token and is bound by host time, so `_launch` keeps each
 # compiled kernel under a key of its call, and launches it directly when the key recurs. Triton (3.6)
-# specialises a kernel on the values of its compile-time constants, the launch options (warps), the device, each
+# specialises a kernel on no more than the values of its compile-time constants, the launch options (warps), the device, each
 # tensor's dtype and whether its address is a multiple of 16, each integer's being 1, a multiple of 16 or beyond
 # 32 bits, and the types of other values. The key holds the constants, warps and device, the tensors' dtypes and
 # their addresses modulo 16, and the numbers themselves, which tells apart at least as much (a finer key only
