@@ -53,29 +53,31 @@ def main() -> None:
     B = torch.nn.Parameter(torch.randn(d, rank, device=device) * 0.01)
     log_ratios = torch.nn.Parameter(torch.zeros(2, device=device))
     out = torch.randn(1, d, device=device, dtype=torch.bfloat16)
-    theta, sinh_theta = kernels._variant_constants("lorentz", 12.0)
-    blocks, warps = kernels._fused_blocks(rank)
-    grid = (1, 1)
-    positional = [out, x, A, B, log_ratios, log_ratios, 1, d, d, rank, A.stride(0), B.stride(0), rank, d, 1.0, 1.0,
-                  2.0, theta, sinh_theta]
-    constexprs = {"VARIANT": 0, "TIME": 0, "GRAM": 0, **blocks}
-
-    def jit_launch():
-        return kernels._add_fused_kernel[grid](*positional, **constexprs, num_warps=warps)
-
-    compiled = jit_launch()
-    names = kernels._add_fused_kernel.arg_names
-    all_args = positional + [constexprs[name] for name in names[len(positional):]]
-
-    def direct_launch():
-        compiled[(1, 1, 1)](*all_args)
-
-    def package_direct():
-        kernels._launch(kernels._add_fused_kernel, grid, warps, tuple(positional[:6]), tuple(positional[6:]),
-                        constexprs)
 
     def package_launch():
         kernels.add_fused_(out, x, A, B, log_ratios, 1.0, 1.0, "lorentz", 2.0, 12.0)
+
+    # the kernel, grid and arguments exactly as the package launches them, caught from its `_launch` call
+    calls = []
+    through = kernels._launch
+    kernels._launch = lambda *arguments: calls.append(arguments) or through(*arguments)
+    try:
+        package_launch()
+    finally:
+        kernels._launch = through
+    kernel, grid, warps, tensors, numbers, constexprs = calls[0]
+
+    def jit_launch():
+        return kernel[grid](*tensors, *numbers, **constexprs, num_warps=warps)
+
+    compiled = jit_launch()
+    all_args = (*tensors, *numbers, *constexprs.values())
+
+    def direct_launch():
+        compiled[(*grid, *(1,) * (3 - len(grid)))](*all_args)
+
+    def package_direct():
+        kernels._launch(kernel, grid, warps, tensors, numbers, constexprs)
 
     # the same output from each way of launching, each from the same `out` (the kernel adds into it); the package's
     # launch is made once before, so that the compared one is a direct launch
@@ -105,7 +107,8 @@ def main() -> None:
     record("one aten op (add_ on 16 floats)", per_call_us(lambda: small.add_(1.0), device, args.calls, args.repeats))
     x32 = x.float()
     At = A.t()
-    record(f"torch.mm, 1 x {d} by {d} x {rank}", per_call_us(lambda: torch.mm(x32, At), device, args.calls, args.repeats))
+    record(f"torch.mm, 1 x {d} by {d} x {rank}", per_call_us(lambda: torch.mm(x32, At), device, args.calls,
+                                                             args.repeats))
     record("kernels.add_fused_ (package entry, direct launch)", per_call_us(package_launch, device, args.calls,
                                                                            args.repeats))
     kernels.DIRECT_LAUNCH = False

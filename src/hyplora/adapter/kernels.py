@@ -908,7 +908,7 @@ def _variant_constants(variant: str, theta_max: float) -> tuple[float, float]:
     # The stereographic gate caps the ball radius at sqrt(K) tanh(theta_max / 2); the kernel gets the tanh.
     if variant == "stereographic":
         return math.tanh(theta_max / 2.0), math.sinh(theta_max)
-    return theta_max, math.sinh(theta_max)
+    return float(theta_max), math.sinh(theta_max)
 
 
 _ALIGN = 4  # float32s per 16 bytes: inductor asserts that an operation's outputs are 16-byte aligned
@@ -1119,20 +1119,24 @@ def add_fused_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gr
     ``log_ratios`` are float32 with contiguous rows (A (r, d_in) and B (d_out, r), each with a leading time
     column for "lorentz-full"). With ``gram`` (``B^T B``, float32, contiguous: `cached_gram`), ``|y|`` comes from
     it and the programs split ``d_out`` in slices of `FUSED_SPLIT_COLUMNS` (for wide layers, `splits`)."""
+    if x.shape[0]:
+        _launch_fused(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gram)
+
+
+def _launch_fused(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gram, partials=None) -> None:
+    """The launch of `_add_fused_kernel` for `add_fused_` and, with ``partials = (part, squared, count)`` (pass 1
+    of the two-pass form, `_partial_point_kernel`'s output), for `add_two_pass_`."""
     rows, d_in = x.shape
     d_out = out.shape[1]
-    if variant == "lorentz-full":
-        theta, sinh_theta = float(theta_max), math.sinh(theta_max)
-    else:
-        theta, sinh_theta = _variant_constants(variant, theta_max)
+    theta, sinh_theta = _variant_constants(variant, theta_max)
     blocks, warps = _fused_blocks(A.shape[0])
     slice_columns = FUSED_SPLIT_COLUMNS if gram is not None else d_out
-    if rows:
-        _launch(_add_fused_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns)), warps,
-                (out, x, A, B, log_ratios, gram if gram is not None else log_ratios, log_ratios, log_ratios),
-                (rows, d_in, d_out, A.shape[0], A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0),
-                 float(s0), float(scaling), theta, sinh_theta),
-                _fused_constants(variant, gram is not None, 0, A.shape[0]))
+    part, squared, count = partials if partials is not None else (log_ratios, log_ratios, 0)
+    _launch(_add_fused_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns)), warps,
+            (out, x, A, B, log_ratios, gram if gram is not None else log_ratios, part, squared),
+            (rows, d_in, d_out, A.shape[0], A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0),
+             float(s0), float(scaling), theta, sinh_theta),
+            _fused_constants(variant, gram is not None, count, A.shape[0]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -1163,29 +1167,18 @@ def add_two_pass_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max,
     """``out += branch(x)`` in place by two launches (see `TWO_PASS_MAX_ROWS`); arguments as `add_fused_`, with
     ``gram`` (``B^T B``, `cached_gram`) required."""
     rows, d_in = x.shape
-    d_out = out.shape[1]
     if not rows:
         return
     rank = A.shape[0]
-    time = int(variant == "lorentz-full")
-    if time:
-        theta, sinh_theta = float(theta_max), math.sinh(theta_max)
-    else:
-        theta, sinh_theta = _variant_constants(variant, theta_max)
     blocks, warps = _fused_blocks(rank)
-    block_t, block_r = blocks["BLOCK_T"], blocks["BLOCK_R"]
     parts = triton.cdiv(d_in, TWO_PASS_COLUMNS)
-    row_blocks = triton.cdiv(rows, block_t)
     part = torch.empty((parts * rows * rank + parts * rows,), dtype=torch.float32, device=x.device)
     squared = part[parts * rows * rank:]
-    _launch(_partial_point_kernel, (row_blocks, parts), warps, (x, A, part, squared),
+    _launch(_partial_point_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), parts), warps, (x, A, part, squared),
             (rows, d_in, rank, A.stride(0), TWO_PASS_COLUMNS),
-            {"TIME": time, "BLOCK_T": block_t, "BLOCK_K": TWO_PASS_BLOCK_K, "BLOCK_R": block_r})
-    _launch(_add_fused_kernel, (row_blocks, triton.cdiv(d_out, FUSED_SPLIT_COLUMNS)), warps,
-            (out, x, A, B, log_ratios, gram, part, squared),
-            (rows, d_in, d_out, rank, A.stride(0), B.stride(0), B.shape[1], FUSED_SPLIT_COLUMNS, float(k0), float(s0),
-             float(scaling), theta, sinh_theta),
-            _fused_constants(variant, True, parts, rank))
+            {"TIME": int(variant == "lorentz-full"), "BLOCK_T": blocks["BLOCK_T"], "BLOCK_K": TWO_PASS_BLOCK_K,
+             "BLOCK_R": blocks["BLOCK_R"]})
+    _launch_fused(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max, gram, (part, squared, parts))
 
 
 _GRAMS = WeakIdKeyDictionary()  # B -> ((address, version, shape), B^T B); an entry goes with its B
