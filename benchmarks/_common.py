@@ -36,14 +36,19 @@ METHOD_LABELS = {
     "hyplora-lorentz-jit": "hyplora lorentz, Triton's JIT entry",
     "hyplora-lorentz-full-jit": "hyplora lorentz-full, Triton's JIT entry",
     "hyplora-stereographic-jit": "hyplora stereographic, Triton's JIT entry",
-    # not in METHODS: no one kernel in the eager no-grad branch (LoRA's two matmuls and the gate kernel for every
-    # layer; decode.py switches it per method)
+    # not in METHODS: the eager no-grad branch's path forced per method (decode.py's `_PATH_SUFFIXES`): no one
+    # kernel and no two-pass form (LoRA's two matmuls and the gate kernel for every layer); no two-pass form; the
+    # two-pass form where the one kernel is not taken (kernels.TWO_PASS_MAX_ROWS = 256); on every wide layer
     "hyplora-lorentz-matmul": "hyplora lorentz, matmul path only",
-    # not in METHODS: the two-pass no-grad branch on wide layers (kernels.TWO_PASS_MAX_ROWS = 256; decode.py
-    # switches it per method)
-    "hyplora-lorentz-two-pass": "hyplora lorentz, two passes on wide layers",
-    "hyplora-lorentz-full-two-pass": "hyplora lorentz-full, two passes on wide layers",
-    "hyplora-stereographic-two-pass": "hyplora stereographic, two passes on wide layers",
+    "hyplora-lorentz-full-matmul": "hyplora lorentz-full, matmul path only",
+    "hyplora-lorentz-one-pass": "hyplora lorentz, no two-pass form",
+    "hyplora-lorentz-full-one-pass": "hyplora lorentz-full, no two-pass form",
+    "hyplora-stereographic-one-pass": "hyplora stereographic, no two-pass form",
+    "hyplora-lorentz-two-pass": "hyplora lorentz, two passes on the widest layers",
+    "hyplora-lorentz-full-two-pass": "hyplora lorentz-full, two passes on the widest layers",
+    "hyplora-stereographic-two-pass": "hyplora stereographic, two passes on the widest layers",
+    "hyplora-lorentz-two-pass-all": "hyplora lorentz, two passes on every wide layer",
+    "hyplora-lorentz-full-two-pass-all": "hyplora lorentz-full, two passes on every wide layer",
 }
 
 # Llama-architecture shapes (random weights). llama8b-4l: Llama-3-8B cut to 4 layers; llama8b: all 32 layers
@@ -138,7 +143,7 @@ def adapter_config(method: str, rank: int):
     if method not in METHOD_LABELS or method == "base":
         raise SystemExit(f"unknown method {method!r}; choose from {[m for m in METHOD_LABELS if m != 'base']}")
     variant = method.removeprefix("hyplora-")
-    for suffix in ("-jit", "-matmul", "-two-pass"):
+    for suffix in ("-jit", "-matmul", "-one-pass", "-two-pass-all", "-two-pass"):
         variant = variant.removesuffix(suffix)
     if variant == "reference":
         return HypLoraConfig(r=rank, lora_alpha=128, target_modules=TARGETS, task_type="CAUSAL_LM", compat="reference")

@@ -103,6 +103,9 @@ def parse_args(argv=None):
                         help="set kernels.FUSED_MAX_ROWS and kernels.FUSED_NARROW_MAX_ROWS for this run: the most "
                              "tokens for which an eager no-grad branch is one kernel (0: never, the matmul path "
                              "always; default: the package's values)")
+    parser.add_argument("--two-pass-columns", type=int, default=None,
+                        help="set kernels.TWO_PASS_COLUMNS for this run: input columns per program in the first "
+                             "launch of the two-pass form (\"-two-pass\" methods; default: the package's value)")
     parser.add_argument("--host-profile", action="store_true",
                         help="after the timed runs, run one generate call per method under cProfile: the Python "
                              "functions that take the most host time (where a host-bound step spends it)")
@@ -180,23 +183,31 @@ def generate_once(model, ids, mask, new_tokens: int, pad_id: int, cache=None) ->
                           do_sample=False, use_cache=True, pad_token_id=pad_id, **extra)
 
 
-_ONE_KERNEL_LIMITS = {}  # the one-kernel limits in force before any "-matmul" method ran (see `select_launches`)
+_ONE_KERNEL_LIMITS = {}  # the dispatch limits in force before any method set its own (see `select_launches`)
+# the no-grad paths a method name's suffix forces (`kernels` limits; two-pass: up to 256 tokens)
+_PATH_SUFFIXES = {
+    "-matmul": {"FUSED_MAX_ROWS": 0, "FUSED_NARROW_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": 0},
+    "-one-pass": {"TWO_PASS_MAX_ROWS": 0},
+    "-two-pass": {"TWO_PASS_MAX_ROWS": 256},
+    "-two-pass-all": {"FUSED_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": 256},
+}
 
 
 def select_launches(method: str) -> None:
     """Per method: Triton's JIT entry for every launch of a "-jit" method, else the direct launches of kept
-    compiled kernels (`kernels._launch`, the default); LoRA's two matmuls and the gate kernel for every no-grad
-    layer of a "-matmul" method (`kernels.FUSED_MAX_ROWS = FUSED_NARROW_MAX_ROWS = 0`), else the limits as set;
-    the two-pass form on wide layers up to 256 tokens for a "-two-pass" method (`kernels.TWO_PASS_MAX_ROWS`)."""
+    compiled kernels (`kernels._launch`, the default); the no-grad paths of `_PATH_SUFFIXES` for a method with
+    one of those suffixes, else the package's dispatch limits as set: "-matmul", LoRA's two matmuls and the gate
+    kernel for every layer; "-one-pass", no two-pass form; "-two-pass", the two-pass form on the wide layers that
+    the one kernel does not take; "-two-pass-all", on every wide layer."""
     from hyplora.adapter import kernels
 
     kernels.DIRECT_LAUNCH = not method.endswith("-jit")
     names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "TWO_PASS_MAX_ROWS")
     if not _ONE_KERNEL_LIMITS:
         _ONE_KERNEL_LIMITS.update({name: getattr(kernels, name) for name in names})
-    for name in names[:2]:
-        setattr(kernels, name, 0 if method.endswith("-matmul") else _ONE_KERNEL_LIMITS[name])
-    kernels.TWO_PASS_MAX_ROWS = 256 if method.endswith("-two-pass") else _ONE_KERNEL_LIMITS["TWO_PASS_MAX_ROWS"]
+    forced = next((values for suffix, values in _PATH_SUFFIXES.items() if method.endswith(suffix)), {})
+    for name in names:
+        setattr(kernels, name, forced.get(name, _ONE_KERNEL_LIMITS[name]))
 
 
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:
@@ -424,6 +435,10 @@ def main(argv=None) -> int:
         if args.fused_max_rows < 0:
             raise SystemExit(f"--fused-max-rows must be >= 0, got {args.fused_max_rows}")
         kernels.FUSED_MAX_ROWS = kernels.FUSED_NARROW_MAX_ROWS = args.fused_max_rows
+    if args.two_pass_columns is not None:
+        if args.two_pass_columns < 1:
+            raise SystemExit(f"--two-pass-columns must be >= 1, got {args.two_pass_columns}")
+        kernels.TWO_PASS_COLUMNS = args.two_pass_columns
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     from transformers.utils import logging as hf_logging
@@ -435,7 +450,7 @@ def main(argv=None) -> int:
                                                    if device.type == "cpu" else ""),
               versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')} | "
               f"kernels.FUSED_MAX_ROWS={kernels.FUSED_MAX_ROWS} FUSED_NARROW_MAX_ROWS={kernels.FUSED_NARROW_MAX_ROWS} "
-              f"FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS}",
+              f"FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS} TWO_PASS_COLUMNS={kernels.TWO_PASS_COLUMNS}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
               f"{args.cache} KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
               f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]

@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--shapes", default=",".join(f"{i}x{o}" for i, o in SHAPES),
                         help="comma-separated d_in x d_out (default: SmolLM2-135M's and Llama-3-8B's layers)")
+    parser.add_argument("--two-pass-columns", type=int, default=None,
+                        help="input columns per program of the two-pass form's first launch "
+                             "(kernels.TWO_PASS_COLUMNS; default: the package's value)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     try:
@@ -48,14 +51,19 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         parser.error(f"--shapes must be comma-separated D_INxD_OUT pairs of positive integers, got {args.shapes!r}")
+    if args.two_pass_columns is not None and args.two_pass_columns < 1:
+        parser.error(f"--two-pass-columns must be >= 1, got {args.two_pass_columns}")
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark times CUDA kernels; no GPU here")
     from hyplora.adapter import functional as Fn
     from hyplora.adapter import kernels
 
+    if args.two_pass_columns is not None:
+        kernels.TWO_PASS_COLUMNS = args.two_pass_columns
     device = torch.device("cuda")
     header = [f"device: {device_name(device)}", versions_line(),
-              f"no-grad branch, variant {args.variant}, r={args.rank}, bf16 x and output, float32 adapter"]
+              f"no-grad branch, variant {args.variant}, r={args.rank}, bf16 x and output, float32 adapter, "
+              f"two passes over {kernels.TWO_PASS_COLUMNS} input columns per program"]
     print("\n".join(header))
     print("\n| d_in | d_out | tokens | one kernel: GPU us | host us | matmuls + kernel: GPU us | host us | "
           "one kernel, split: GPU us | host us | two passes: GPU us | host us | default path |")

@@ -81,10 +81,33 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     assert rows["hyplora-lorentz-jit"]["adapted_layers"] == 4 * 5
     assert rows["hyplora-lorentz-jit"]["label"] == "hyplora lorentz, Triton's JIT entry"
     assert rows["hyplora-lorentz-matmul"]["label"] == "hyplora lorentz, matmul path only"
-    assert rows["hyplora-lorentz-two-pass"]["label"] == "hyplora lorentz, two passes on wide layers"
+    assert rows["hyplora-lorentz-two-pass"]["label"] == "hyplora lorentz, two passes on the widest layers"
     refused = subprocess.run([sys.executable, str(BENCHMARKS / "decode.py"), "--tiny", "--fused-max-rows", "-1"],
                              capture_output=True, text=True, timeout=300)
     assert refused.returncode != 0 and "--fused-max-rows must be >= 0" in refused.stderr
+
+
+def test_decode_method_suffixes_force_the_no_grad_paths_and_restore_the_limits():
+    from hyplora.adapter import kernels
+
+    decode = _import_from_benchmarks("decode")
+    direct = kernels.DIRECT_LAUNCH
+    names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "TWO_PASS_MAX_ROWS")
+    package = {name: getattr(kernels, name) for name in names}
+    try:
+        expected = {"hyplora-lorentz-matmul": (0, 0, 0), "hyplora-lorentz-full-one-pass": (256, 16384, 0),
+                    "hyplora-lorentz-two-pass": (256, 16384, 256), "hyplora-lorentz-two-pass-all": (0, 16384, 256)}
+        for method, limits in expected.items():
+            decode.select_launches(method)
+            assert tuple(getattr(kernels, name) for name in names) == limits, method
+            assert kernels.DIRECT_LAUNCH
+        decode.select_launches("hyplora-lorentz-jit")  # no path suffix: the package's limits again
+        assert {name: getattr(kernels, name) for name in names} == package and not kernels.DIRECT_LAUNCH
+    finally:
+        decode.select_launches("hyplora-lorentz")
+        decode._ONE_KERNEL_LIMITS.clear()
+        kernels.DIRECT_LAUNCH = direct
+    assert {name: getattr(kernels, name) for name in names} == package
 
 
 @pytest.mark.slow
@@ -226,7 +249,7 @@ def test_gpu_check_one_kernel_checks_run_small_in_the_interpreter():
         errors = gpu_check.check_two_pass(variant, torch.device("cpu"), token_counts=(1, 5), shapes=((40, 24),),
                                           columns=16)
         assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
-        assert kernels.TWO_PASS_MAX_ROWS == 0 and kernels.FUSED_NARROW_WIDTH == 4096
+        assert kernels.TWO_PASS_MAX_ROWS == 0 and kernels.FUSED_MAX_ROWS == 256
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():

@@ -153,11 +153,9 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
     # "split": d_out in slices of 16 columns (several programs per token block; the last slice partial)
     monkeypatch.setattr(kernels, "FUSED_SPLIT_MAX_ROWS", rows if path == "split" else 0)
     monkeypatch.setattr(kernels, "FUSED_SPLIT_COLUMNS", 16)
-    # "two-pass": x A^T in parts of 16 input columns (the last one partial), then the split kernel summing them;
-    # every layer here counts as wide
+    # "two-pass": x A^T in parts of 16 input columns (the last one partial), then the split kernel summing them
     monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", rows if path == "two-pass" else 0)
     monkeypatch.setattr(kernels, "TWO_PASS_COLUMNS", 16)
-    monkeypatch.setattr(kernels, "FUSED_NARROW_WIDTH", 0)
     assert kernels.fuses(rows, d_in, d_out) == (path == "one-kernel")
     assert kernels.splits(rows, d_in, d_out) == (path == "split")
     assert kernels.two_pass(rows, d_in, d_out) == (path == "two-pass")
@@ -361,12 +359,14 @@ def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch
     assert not kernels.fuses(65, 50, 26)  # one column wider than narrow: the general limit
 
 
-def test_two_pass_form_only_for_wide_layers_and_few_tokens_and_off_by_default(monkeypatch):
-    assert kernels.TWO_PASS_MAX_ROWS == 0 and not kernels.two_pass(1, 4096, 4096)  # off until timed on a GPU
+def test_two_pass_form_only_for_few_tokens_of_layers_the_one_kernel_does_not_take(monkeypatch):
     monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", 16)
-    assert kernels.two_pass(1, 4096, 4096) and kernels.two_pass(16, 14336, 4096)  # the 8B shape's q and down
-    assert not kernels.two_pass(17, 4096, 4096)  # more tokens than the limit
+    assert kernels.two_pass(1, 4096, 14336) and kernels.two_pass(16, 14336, 4096)  # the 8B shape's up and down
+    assert not kernels.two_pass(17, 14336, 4096)  # more tokens than the limit
+    assert not kernels.two_pass(1, 4096, 4096)  # the 8B shape's q: one launch, the one kernel's
     assert not kernels.two_pass(1, 576, 1536)  # a narrow layer (SmolLM2's up): the one kernel is cheap there
+    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", 0)
+    assert not kernels.two_pass(1, 14336, 4096)  # 0: off
 
 
 def test_one_kernel_limits_take_smollm2_prefill_and_not_a_wide_layers():

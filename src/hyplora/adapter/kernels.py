@@ -1158,8 +1158,9 @@ TWO_PASS_BLOCK_K = 64  # with the one kernel's token blocks and 8 warps: no spil
 
 
 def two_pass(rows: int, d_in: int, d_out: int) -> bool:
-    """Whether `add_two_pass_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer."""
-    return rows <= TWO_PASS_MAX_ROWS and d_in + 2 * d_out > FUSED_NARROW_WIDTH
+    """Whether `add_two_pass_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer that the
+    one kernel (`fuses`) does not take."""
+    return rows <= TWO_PASS_MAX_ROWS and not fuses(rows, d_in, d_out)
 
 
 @_on_tensor_device
