@@ -38,7 +38,8 @@ METHOD_LABELS = {
     "hyplora-stereographic-jit": "hyplora stereographic, Triton's JIT entry",
     # not in METHODS: the eager no-grad branch's path forced per method (decode.py's `_PATH_SUFFIXES`): no one
     # kernel and no two-pass form (LoRA's two matmuls and the gate kernel for every layer); no two-pass form; the
-    # two-pass form where the one kernel is not taken (kernels.TWO_PASS_MAX_ROWS = 256); on every wide layer
+    # two-pass form where the one kernel is not taken (kernels.TWO_PASS_MAX_ROWS 256 for every variant); on
+    # every wide layer
     "hyplora-lorentz-matmul": "hyplora lorentz, matmul path only",
     "hyplora-lorentz-full-matmul": "hyplora lorentz-full, matmul path only",
     "hyplora-lorentz-one-pass": "hyplora lorentz, no two-pass form",

@@ -184,12 +184,13 @@ def generate_once(model, ids, mask, new_tokens: int, pad_id: int, cache=None) ->
 
 
 _ONE_KERNEL_LIMITS = {}  # the dispatch limits in force before any method set its own (see `select_launches`)
-# the no-grad paths a method name's suffix forces (`kernels` limits; two-pass: up to 256 tokens)
+# the no-grad paths a method name's suffix forces (`kernels` limits; two-pass: up to 256 tokens, every variant)
+_VARIANTS = ("lorentz", "stereographic", "lorentz-full")
 _PATH_SUFFIXES = {
-    "-matmul": {"FUSED_MAX_ROWS": 0, "FUSED_NARROW_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": 0},
-    "-one-pass": {"TWO_PASS_MAX_ROWS": 0},
-    "-two-pass": {"TWO_PASS_MAX_ROWS": 256},
-    "-two-pass-all": {"FUSED_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": 256},
+    "-matmul": {"FUSED_MAX_ROWS": 0, "FUSED_NARROW_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 0)},
+    "-one-pass": {"TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 0)},
+    "-two-pass": {"TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 256)},
+    "-two-pass-all": {"FUSED_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 256)},
 }
 
 
@@ -450,7 +451,8 @@ def main(argv=None) -> int:
                                                    if device.type == "cpu" else ""),
               versions_line() + f" | HYPLORA_TRITON={os.environ.get('HYPLORA_TRITON', '1')} | "
               f"kernels.FUSED_MAX_ROWS={kernels.FUSED_MAX_ROWS} FUSED_NARROW_MAX_ROWS={kernels.FUSED_NARROW_MAX_ROWS} "
-              f"FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS} TWO_PASS_COLUMNS={kernels.TWO_PASS_COLUMNS}",
+              f"FUSED_SPLIT_MAX_ROWS={kernels.FUSED_SPLIT_MAX_ROWS} TWO_PASS_MAX_ROWS={kernels.TWO_PASS_MAX_ROWS} "
+              f"TWO_PASS_COLUMNS={kernels.TWO_PASS_COLUMNS}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
               f"{args.cache} KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
               f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]

@@ -135,12 +135,13 @@ def check_two_pass(variant: str, device: torch.device, token_counts=(1, 16),
     Gram matrix; against the float64 literal branch, on the 8B shape's layers."""
     names = ("TWO_PASS_MAX_ROWS", "TWO_PASS_COLUMNS", "FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS")
     saved = {name: getattr(kernels, name) for name in names}
-    kernels.TWO_PASS_MAX_ROWS = max(token_counts)
+    kernels.TWO_PASS_MAX_ROWS = dict.fromkeys(kernels.VARIANT_IDS, max(token_counts))
     kernels.TWO_PASS_COLUMNS = columns or kernels.TWO_PASS_COLUMNS
     # the two-pass form for every shape given, those the one kernel takes too (small ones too, for the CI run)
     kernels.FUSED_MAX_ROWS = kernels.FUSED_NARROW_MAX_ROWS = 0
     try:
-        return _in_place_errors(variant, device, shapes, token_counts, kernels.two_pass, seed=5)
+        return _in_place_errors(variant, device, shapes, token_counts,
+                                lambda *shape: kernels.two_pass(*shape, variant), seed=5)
     finally:
         for name, value in saved.items():
             setattr(kernels, name, value)

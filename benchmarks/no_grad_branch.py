@@ -7,10 +7,11 @@ eager decoding step). Up to `kernels.FUSED_MAX_ROWS` tokens (`kernels.FUSED_NARR
 and B twice, one tile after another; beyond, it makes four launches (cast of x, two cuBLAS matmuls, one Triton
 kernel). Where `kernels.splits` says so (up to `kernels.FUSED_SPLIT_MAX_ROWS` tokens, off by default), the one
 kernel takes ``|y|`` from B's Gram matrix and splits d_out across programs ("one kernel, split"); where
-`kernels.two_pass` does (wide layers up to `kernels.TWO_PASS_MAX_ROWS` tokens, off by default), a first launch
-splits ``x A^T`` over the input columns and the split kernel sums its parts ("two passes"). This script
-times the four paths for each (d_in, d_out) of the benchmark models and several token counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around back-to-back calls
-of a path whose launches are queued ahead, then the same calls timed on the host until they return, which
+`kernels.two_pass` does (layers too wide for the one kernel, up to `kernels.TWO_PASS_MAX_ROWS` tokens; on by
+default for "lorentz-full" only), a first launch splits ``x A^T`` over the input columns and the split kernel
+sums its parts ("two passes"). This script times the four paths for each (d_in, d_out) of the benchmark models
+and several token counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around
+back-to-back calls of a path whose launches are queued ahead, then the same calls timed on the host until they return, which
 is the host's cost while the GPU keeps up). The dispatch limits in `kernels` are read off this table: the
 one-kernel path pays in GPU time what it saves in host time.
 
@@ -88,13 +89,14 @@ def main(argv=None) -> int:
                 x = torch.randn(rows, d_in, device=device, generator=generator).to(torch.bfloat16)
                 out = torch.zeros(rows, d_out, device=device, dtype=torch.bfloat16)
                 set_limits(limits)
-                default = ("two passes" if kernels.two_pass(rows, d_in, d_out) else "one kernel"
+                default = ("two passes" if kernels.two_pass(rows, d_in, d_out, args.variant) else "one kernel"
                            if kernels.fuses(rows, d_in, d_out) else "one kernel, split"
                            if kernels.splits(rows, d_in, d_out) else "matmuls + kernel")
                 timings = {}
                 width = d_in + 2 * d_out
-                forced = {"one kernel": (rows, width, width, rows, 0, 0), "matmuls + kernel": (0, 0, 0, 0, 0, 0),
-                          "one kernel, split": (0, 0, 0, 0, rows, 0), "two passes": (0, 0, 0, 0, 0, rows)}
+                off, on = {}, {args.variant: rows}  # two-pass limits
+                forced = {"one kernel": (rows, width, width, rows, 0, off), "matmuls + kernel": (0, 0, 0, 0, 0, off),
+                          "one kernel, split": (0, 0, 0, 0, rows, off), "two passes": (0, 0, 0, 0, 0, on)}
                 for name, values in forced.items():
                     set_limits(dict(zip(names, values)))
 

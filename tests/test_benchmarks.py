@@ -95,8 +95,10 @@ def test_decode_method_suffixes_force_the_no_grad_paths_and_restore_the_limits()
     names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "TWO_PASS_MAX_ROWS")
     package = {name: getattr(kernels, name) for name in names}
     try:
-        expected = {"hyplora-lorentz-matmul": (0, 0, 0), "hyplora-lorentz-full-one-pass": (256, 16384, 0),
-                    "hyplora-lorentz-two-pass": (256, 16384, 256), "hyplora-lorentz-two-pass-all": (0, 16384, 256)}
+        every = ("lorentz", "stereographic", "lorentz-full")
+        off, on = dict.fromkeys(every, 0), dict.fromkeys(every, 256)
+        expected = {"hyplora-lorentz-matmul": (0, 0, off), "hyplora-lorentz-full-one-pass": (256, 16384, off),
+                    "hyplora-lorentz-two-pass": (256, 16384, on), "hyplora-lorentz-two-pass-all": (0, 16384, on)}
         for method, limits in expected.items():
             decode.select_launches(method)
             assert tuple(getattr(kernels, name) for name in names) == limits, method
@@ -249,7 +251,7 @@ def test_gpu_check_one_kernel_checks_run_small_in_the_interpreter():
         errors = gpu_check.check_two_pass(variant, torch.device("cpu"), token_counts=(1, 5), shapes=((40, 24),),
                                           columns=16)
         assert len(errors) == 2 and max(errors.values()) < 1e-5, (variant, errors)
-        assert kernels.TWO_PASS_MAX_ROWS == 0 and kernels.FUSED_MAX_ROWS == 256
+        assert kernels.TWO_PASS_MAX_ROWS["lorentz"] == 0 and kernels.FUSED_MAX_ROWS == 256
 
 
 def test_gpu_busy_time_counts_kernels_and_not_annotation_spans():

@@ -154,11 +154,11 @@ def test_in_place_no_grad_branch_matches_float64_literal_reference(interpreted, 
     monkeypatch.setattr(kernels, "FUSED_SPLIT_MAX_ROWS", rows if path == "split" else 0)
     monkeypatch.setattr(kernels, "FUSED_SPLIT_COLUMNS", 16)
     # "two-pass": x A^T in parts of 16 input columns (the last one partial), then the split kernel summing them
-    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", rows if path == "two-pass" else 0)
+    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", {variant: rows if path == "two-pass" else 0})
     monkeypatch.setattr(kernels, "TWO_PASS_COLUMNS", 16)
     assert kernels.fuses(rows, d_in, d_out) == (path == "one-kernel")
     assert kernels.splits(rows, d_in, d_out) == (path == "split")
-    assert kernels.two_pass(rows, d_in, d_out) == (path == "two-pass")
+    assert kernels.two_pass(rows, d_in, d_out, variant) == (path == "two-pass")
     launched = []
     for name in ("add_fused_", "add_gated_", "add_lorentz_full_", "add_two_pass_"):
         original = getattr(kernels, name)
@@ -249,7 +249,7 @@ def test_launches_run_on_the_device_of_their_tensors(monkeypatch):
     assert len(entered) == 1 and len(launched) == 3
     assert all(hasattr(getattr(kernels, name), "__wrapped__") for name in (
         "gram_matrix", "gate_forward", "gate_backward", "lorentz_full_forward", "lorentz_full_backward",
-        "add_gated_", "add_lorentz_full_", "add_fused_"))
+        "add_gated_", "add_lorentz_full_", "add_fused_", "add_two_pass_"))
 
 
 class _FakeCompiled:
@@ -359,14 +359,17 @@ def test_one_kernel_path_only_for_few_tokens_and_layers_not_too_wide(monkeypatch
     assert not kernels.fuses(65, 50, 26)  # one column wider than narrow: the general limit
 
 
-def test_two_pass_form_only_for_few_tokens_of_layers_the_one_kernel_does_not_take(monkeypatch):
-    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", 16)
-    assert kernels.two_pass(1, 4096, 14336) and kernels.two_pass(16, 14336, 4096)  # the 8B shape's up and down
-    assert not kernels.two_pass(17, 14336, 4096)  # more tokens than the limit
-    assert not kernels.two_pass(1, 4096, 4096)  # the 8B shape's q: one launch, the one kernel's
-    assert not kernels.two_pass(1, 576, 1536)  # a narrow layer (SmolLM2's up): the one kernel is cheap there
-    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", 0)
-    assert not kernels.two_pass(1, 14336, 4096)  # 0: off
+def test_two_pass_form_for_lorentz_full_on_the_widest_layers_and_few_tokens(monkeypatch):
+    # on by default for "lorentz-full" only, where it replaces the matmul path's five operations (eager decoding
+    # of the 8B shape, benchmarks/RESULTS.md); "lorentz"'s four cost about as much host time as two launches
+    assert kernels.two_pass(1, 4096, 14336, "lorentz-full") and kernels.two_pass(256, 14336, 4096, "lorentz-full")
+    assert not kernels.two_pass(257, 14336, 4096, "lorentz-full")  # more tokens than the limit
+    assert not kernels.two_pass(1, 4096, 4096, "lorentz-full")  # the 8B shape's q: one launch, the one kernel's
+    assert not kernels.two_pass(1, 576, 1536, "lorentz-full")  # a narrow layer (SmolLM2's up): the one kernel
+    assert not kernels.two_pass(1, 14336, 4096, "lorentz") and not kernels.two_pass(1, 14336, 4096, "stereographic")
+    monkeypatch.setattr(kernels, "TWO_PASS_MAX_ROWS", {"lorentz": 16})
+    assert kernels.two_pass(16, 14336, 4096, "lorentz") and not kernels.two_pass(17, 14336, 4096, "lorentz")
+    assert not kernels.two_pass(1, 14336, 4096, "lorentz-full")  # a variant not named: off
 
 
 def test_one_kernel_limits_take_smollm2_prefill_and_not_a_wide_layers():

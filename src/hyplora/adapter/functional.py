@@ -599,10 +599,11 @@ def add_gated_branch_(
     """``out += gated_branch(...)`` in place, without autograd (where `adds_in_place` says so).
 
     This is the eager no-grad path (a prefill, eager decoding), where every launch costs host time. For few
-    tokens and layers not too wide (`kernels.fuses`), one Triton kernel does everything (`kernels.add_fused_`);
-    where `kernels.splits` says so (wide layers, few tokens; off by default), the same kernel with ``|y|`` from
-    B's cached Gram matrix and ``d_out`` split across programs; where `kernels.two_pass` does (off by default),
-    that kernel after a launch that splits ``x A^T`` over the input columns.
+    tokens and layers not too wide (`kernels.fuses`), one Triton kernel does everything (`kernels.add_fused_`).
+    Else, where `kernels.two_pass` says so (layers too wide for it, few tokens; "lorentz-full" by default), the
+    same kernel with ``|y|`` from B's cached Gram matrix and ``d_out`` split across programs, after a launch
+    that splits ``x A^T`` over the input columns; where `kernels.splits` does (off by default), that kernel
+    alone.
     Otherwise LoRA's two matmuls give ``y = B A x`` (float32), and one Triton kernel takes ``|x|`` and ``|y|``,
     the gate, and adds ``(scaling G / s) y`` to ``out``, rounding once to its dtype. Either replaces the Gram
     matrix, the rank-space kernel, the norm of x and the separate sum into ``out`` of the training path.
@@ -614,7 +615,7 @@ def add_gated_branch_(
     if kernels.fuses(x2.shape[0], x2.shape[1], out2.shape[1]):  # few tokens: one launch in all, where host time per launch decides
         kernels.add_fused_(out2, x2, A.contiguous(), B.contiguous(), log_ratios, k0, s0, variant, scaling, theta_max)
         return
-    if kernels.two_pass(x2.shape[0], x2.shape[1], out2.shape[1]):  # wider layers, few tokens: two launches
+    if kernels.two_pass(x2.shape[0], x2.shape[1], out2.shape[1], variant):  # wider layers, few tokens: two launches
         B = B.contiguous()
         kernels.add_two_pass_(out2, x2, A.contiguous(), B, log_ratios, k0, s0, variant, scaling, theta_max,
                               kernels.cached_gram(B))

@@ -1146,21 +1146,24 @@ def _fused_constants(variant: str, gram: bool, parts: int, rank: int) -> dict:
             "PARTS": parts, **_fused_blocks(rank)[0]}
 
 
-# Wide layers (d_in + 2 d_out > FUSED_NARROW_WIDTH) up to TWO_PASS_MAX_ROWS tokens can take the branch in two
-# launches instead (`add_two_pass_`): `_partial_point_kernel` splits ``x A^T`` and ``|x|^2`` over slices of
-# TWO_PASS_COLUMNS input columns across programs, and `_add_fused_kernel` sums the parts, takes ``|y|`` from B's
-# Gram matrix and adds its slice of d_out. The one kernel leaves ``A x`` to one program per block of tokens, which
-# takes 85-114 us of GPU time on the 8B q and k/v shapes at one token (benchmarks/RESULTS.md); the matmul path
-# takes four launches. Off (0) until timed on a GPU.
-TWO_PASS_MAX_ROWS = 0
+# Layers too wide for the one kernel (`fuses`: Llama-3-8B's up and down projections) can take the branch, up to
+# TWO_PASS_MAX_ROWS[variant] tokens, in two launches instead of the matmul path (`add_two_pass_`):
+# `_partial_point_kernel` splits ``x A^T`` and ``|x|^2`` over slices of TWO_PASS_COLUMNS input columns across
+# programs, and `_add_fused_kernel` sums the parts, takes ``|y|`` from B's Gram matrix and adds its slice of d_out.
+# On an H200 it takes 13-55 us of GPU time on those layers at 1-256 tokens, against 19-79 us for the matmul path.
+# Eager decoding is bound by host time, though: there two launches replace "lorentz-full"'s five operations (a
+# clear gain), but cost about as much as "lorentz"'s four, which it leaves on the matmul path. Where the one kernel
+# is taken, one launch beats two on the host, although the one kernel takes 85-114 us of GPU time on the 8B q and
+# k/v shapes (benchmarks/RESULTS.md, tenth session).
+TWO_PASS_MAX_ROWS = {"lorentz": 0, "stereographic": 0, "lorentz-full": 256}
 TWO_PASS_COLUMNS = 256
 TWO_PASS_BLOCK_K = 64  # with the one kernel's token blocks and 8 warps: no spills on sm_90 at ranks 8-127
 
 
-def two_pass(rows: int, d_in: int, d_out: int) -> bool:
-    """Whether `add_two_pass_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer that the
-    one kernel (`fuses`) does not take."""
-    return rows <= TWO_PASS_MAX_ROWS and not fuses(rows, d_in, d_out)
+def two_pass(rows: int, d_in: int, d_out: int, variant: str) -> bool:
+    """Whether `add_two_pass_` takes the no-grad branch of ``rows`` tokens of a (d_in -> d_out) layer of this
+    variant that the one kernel (`fuses`) does not take."""
+    return rows <= TWO_PASS_MAX_ROWS.get(variant, 0) and not fuses(rows, d_in, d_out)
 
 
 @_on_tensor_device
