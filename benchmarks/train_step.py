@@ -17,7 +17,9 @@ device thread, where each Python backward must take the GIL) or a torch.compile 
 step stays eager. Ratios compare methods in the same mode (HypLoRA compiled against LoRA compiled).
 
 Besides the methods run by default, "hyplora-lorentz-fixed" and "hyplora-stereographic-fixed" keep K and s fixed
-(no learned scalar parameters), to measure what those parameters cost.
+(no learned scalar parameters), to measure what those parameters cost. A HypLoRA method's name may end in
+"+fwdTxW" and/or "+bwdTxW": its training gate kernels (forward, backward) then take T tokens per block and W
+warps, for that method alone, to time block settings side by side (e.g. hyplora-lorentz+bwd32x8@reduce-overhead).
 """
 
 from __future__ import annotations
@@ -56,10 +58,32 @@ def split_run(run: str) -> tuple[str, str]:
     return method, mode or "none"
 
 
+def split_blocks(method: str, rank: int) -> tuple[str, dict]:
+    """``"hyplora-lorentz+fwd64x8+bwd32x8"`` -> ``("hyplora-lorentz", {"GATE_FORWARD_BLOCKS": (64, 8),
+    "GATE_BACKWARD_BLOCKS": (32, 8)})``: the training gate kernels' (tokens per block, warps) at this rank's padded
+    rank, set for this method's steps only (`kernels.GATE_FORWARD_BLOCKS`, `kernels.GATE_BACKWARD_BLOCKS`)."""
+    base, *tweaks = method.split("+")
+    blocks = {}
+    for tweak in tweaks:
+        match = re.fullmatch(r"(fwd|bwd)(\d+)x(\d+)", tweak)
+        tokens, warps = (int(match[2]), int(match[3])) if match else (0, 0)
+        if not match or tokens & (tokens - 1) or warps & (warps - 1) or not 16 <= tokens <= 256 or warps > 16:
+            raise SystemExit(f"bad block setting {tweak!r} in {method!r}: want fwdTxW or bwdTxW, T a power of 2 "
+                             "in 16-256 tokens, W a power of 2 up to 16 warps")
+        blocks["GATE_FORWARD_BLOCKS" if match[1] == "fwd" else "GATE_BACKWARD_BLOCKS"] = (tokens, warps)
+    if blocks and (base == "lora" or max(16, 1 << (rank - 1).bit_length()) > 64):
+        raise SystemExit(f"{method!r}: block settings apply to HypLoRA methods at ranks up to 64")
+    return base, blocks
+
+
 def make_run(run: str, args, device, dtype):
     import peft
 
+    from hyplora.adapter import kernels
+
     method, mode = split_run(run)
+    method, blocks = split_blocks(method, args.rank)
+    padded = max(16, 1 << (args.rank - 1).bit_length())
     model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -72,6 +96,16 @@ def make_run(run: str, args, device, dtype):
     forward = model if mode in EAGER_MODES else torch.compile(model, mode=mode)
 
     def step():
+        saved = {name: dict(getattr(kernels, name)) for name in blocks}
+        for name, setting in blocks.items():  # read at each launch (and baked into a CUDA graph when recorded)
+            getattr(kernels, name)[padded] = setting
+        try:
+            return plain_step()
+        finally:
+            for name, table in saved.items():
+                setattr(kernels, name, table)
+
+    def plain_step():
         if mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # a new iteration: the last step's graph outputs may be reused
         loss = forward(input_ids=ids, labels=ids).loss
@@ -84,7 +118,7 @@ def make_run(run: str, args, device, dtype):
         optimizer.zero_grad(set_to_none=True)
         return loss.detach().clone()
 
-    return model, step
+    return model, step if blocks else plain_step
 
 
 def timed(step, device) -> tuple[float, torch.Tensor]:

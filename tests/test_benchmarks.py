@@ -87,6 +87,17 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     assert refused.returncode != 0 and "--fused-max-rows must be >= 0" in refused.stderr
 
 
+def test_train_step_block_settings_per_method():
+    train_step = _import_from_benchmarks("train_step")
+    assert train_step.split_blocks("hyplora-lorentz", 32) == ("hyplora-lorentz", {})
+    assert train_step.split_blocks("hyplora-stereographic+fwd64x8+bwd16x4", 32) == (
+        "hyplora-stereographic", {"GATE_FORWARD_BLOCKS": (64, 8), "GATE_BACKWARD_BLOCKS": (16, 4)})
+    for bad, rank in (("hyplora-lorentz+bwd48x4", 32), ("hyplora-lorentz+bwd32x3", 32), ("hyplora-lorentz+mid32x4", 32),
+                      ("lora+bwd32x8", 32), ("hyplora-lorentz+bwd16x8", 100)):
+        with pytest.raises(SystemExit):
+            train_step.split_blocks(bad, rank)
+
+
 def test_decode_method_suffixes_force_the_no_grad_paths_and_restore_the_limits():
     from hyplora.adapter import kernels
 

@@ -88,29 +88,38 @@ def supports(device: torch.device, dtype: torch.dtype, points: int, variant: str
 
 # Block sizes and warps per padded rank. Wider tiles spill registers to local memory, which can make a kernel
 # many times slower; benchmarks/kernel_registers.py compiles every launch for sm_90 and reports registers and
-# spills. Up to rank 32 the per-token kernels keep 64-token blocks (measured on an H200, benchmarks/RESULTS.md);
-# above it 16-token blocks and more warps keep them free of spills up to rank 64.
-@functools.lru_cache(maxsize=None)
-def _rank_blocks(rank: int) -> tuple[int, int, int]:
-    """``(tokens per block, padded rank, warps)`` of the per-token kernels."""
-    block_r = max(16, triton.next_power_of_2(rank))
-    return {16: (64, 16, 4), 32: (64, 32, 4), 64: (16, 64, 8)}.get(block_r, (16, block_r, 16))
+# spills. ``(tokens per block, warps)`` of the training forward kernels (`_gate_forward_kernel`,
+# `_lorentz_full_forward_kernel`) and of `_gate_backward_kernel`, per padded rank up to 64: up to rank 32,
+# 64-token blocks (measured on an H200, benchmarks/RESULTS.md); above, 16-token blocks and more warps keep them
+# free of spills up to rank 64. Read at each launch, so that benchmarks/train_step.py can time others side by side.
+GATE_FORWARD_BLOCKS = {16: (64, 4), 32: (64, 4), 64: (16, 8)}
+GATE_BACKWARD_BLOCKS = {16: (64, 4), 32: (64, 4), 64: (16, 8)}
+
+
+def _padded_rank(points: int) -> int:
+    return max(16, triton.next_power_of_2(points))
 
 
 def _forward_blocks(points: int) -> tuple[int, int, int, int]:
     """``(tokens per block, padded rank, Gram slice, warps)`` of the training forward kernels for ``points``
     rank coordinates (r, or r + 1 for lorentz-full). Up to 64, the Gram matrix is one tile (slice = padded rank),
-    as `_rank_blocks` has it; above, ``a (B^T B)`` is summed over slices of 16 of the rank, with 8 warps: the
-    whole 128 x 128 tile spilled 0.6-1.4 KB per thread on sm_90 (benchmarks/kernel_registers.py)."""
-    block_t, block_r, warps = _rank_blocks(points)
-    return (block_t, block_r, block_r, warps) if block_r <= 64 else (16, block_r, 16, 8)
+    blocks from `GATE_FORWARD_BLOCKS`; above, ``a (B^T B)`` is summed over slices of 16 of the rank, with 8 warps:
+    the whole 128 x 128 tile spilled 0.6-1.4 KB per thread on sm_90 (benchmarks/kernel_registers.py)."""
+    block_r = _padded_rank(points)
+    if block_r > 64:
+        return 16, block_r, 16, 8
+    block_t, warps = GATE_FORWARD_BLOCKS[block_r]
+    return block_t, block_r, block_r, warps
 
 
 def _backward_blocks(rank: int) -> tuple[int, int, int, bool]:
-    """``(tokens per block, padded rank, warps, sum M in the kernel)`` of `_gate_backward_kernel`: as
-    `_rank_blocks` up to 64; above, M is one matmul outside (an r x r accumulator per program spilled)."""
-    block_t, block_r, warps = _rank_blocks(rank)
-    return (block_t, block_r, warps, True) if block_r <= 64 else (16, block_r, 8, False)
+    """``(tokens per block, padded rank, warps, sum M in the kernel)`` of `_gate_backward_kernel`: blocks from
+    `GATE_BACKWARD_BLOCKS` up to 64; above, M is one matmul outside (an r x r accumulator per program spilled)."""
+    block_r = _padded_rank(rank)
+    if block_r > 64:
+        return 16, block_r, 8, False
+    block_t, warps = GATE_BACKWARD_BLOCKS[block_r]
+    return block_t, block_r, warps, True
 
 
 def _full_backward_config(rank: int) -> tuple[dict, int]:
