@@ -6,7 +6,8 @@ cuda:0 alone, and dispatched by accelerate's ``dispatch_model`` (as ``from_pretr
 embeddings and layers 0-1 on cuda:0, layers 2-3, the final norm and lm_head on cuda:1; the adapter is added after
 the split, so peft places it beside each base layer. For each variant it compares the no-grad logits (the decoding
 path) at 1 x 1, 2 x 64 and 64 x 64 tokens (up_proj, d_in + 2 d_out > kernels.FUSED_NARROW_WIDTH, takes the
-matmul path above kernels.FUSED_MAX_ROWS tokens, every other layer and shape the one kernel), the loss and every
+matmul path above kernels.FUSED_MAX_ROWS tokens, or for lorentz-full the two-pass form up to
+kernels.TWO_PASS_MAX_ROWS, every other layer and shape the one kernel), the loss and every
 adapter gradient of a training step, and the tokens of a greedy ``generate``. It counts the Triton launches per
 device (both paths must run on both GPUs: a kernel launched on the current device instead of its tensors' would
 show here as wrong numbers or a crash) and reports where the adapted layers are. Exit 1 if an error exceeds the
@@ -45,7 +46,10 @@ SIZES = {
 }
 # the launch functions that `functional` calls, and the path each stands for
 LAUNCHES = {"add_fused_": "one kernel", "add_gated_": "matmuls", "add_lorentz_full_": "matmuls",
-            "gate_forward": "training", "lorentz_full_forward": "training"}
+            "add_two_pass_": "two passes", "gate_forward": "training", "lorentz_full_forward": "training"}
+# the paths that must each launch on every device: the one kernel, the wider layers' path (lorentz-full takes two
+# passes up to kernels.TWO_PASS_MAX_ROWS tokens, the matmul path beyond) and training
+REQUIRED_PATHS = [("one kernel",), ("matmuls", "two passes"), ("training",)]
 
 
 @contextlib.contextmanager
@@ -160,8 +164,8 @@ def check(variant: str, size: dict, devices: list[str], triton_expected: bool) -
         failures.append(f"the adapter changes the logits by less than {MIN_EFFECT:.0e}")
     failures += [f"no adapted layer on {d}" for d in devices if d not in result["placement"]]
     if triton_expected:
-        failures += [f"no {path} Triton launch on {d}" for d in devices
-                     for path in ("one kernel", "matmuls", "training") if not result["launches"].get(f"{path} @ {d}")]
+        failures += [f"no {' or '.join(paths)} Triton launch on {d}" for d in devices for paths in REQUIRED_PATHS
+                     if not any(result["launches"].get(f"{path} @ {d}") for path in paths)]
     return result
 
 
