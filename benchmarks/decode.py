@@ -184,13 +184,12 @@ def generate_once(model, ids, mask, new_tokens: int, pad_id: int, cache=None) ->
 
 
 _ONE_KERNEL_LIMITS = {}  # the dispatch limits in force before any method set its own (see `select_launches`)
-# the no-grad paths a method name's suffix forces (`kernels` limits; two-pass: up to 256 tokens, every variant)
-_VARIANTS = ("lorentz", "stereographic", "lorentz-full")
+# the no-grad paths a method name's suffix forces (`kernels` limits; TWO_PASS_MAX_ROWS for every variant)
 _PATH_SUFFIXES = {
-    "-matmul": {"FUSED_MAX_ROWS": 0, "FUSED_NARROW_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 0)},
-    "-one-pass": {"TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 0)},
-    "-two-pass": {"TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 256)},
-    "-two-pass-all": {"FUSED_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": dict.fromkeys(_VARIANTS, 256)},
+    "-matmul": {"FUSED_MAX_ROWS": 0, "FUSED_NARROW_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": 0},
+    "-one-pass": {"TWO_PASS_MAX_ROWS": 0},
+    "-two-pass": {"TWO_PASS_MAX_ROWS": 256},
+    "-two-pass-all": {"FUSED_MAX_ROWS": 0, "TWO_PASS_MAX_ROWS": 256},
 }
 
 
@@ -206,7 +205,9 @@ def select_launches(method: str) -> None:
     names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "TWO_PASS_MAX_ROWS")
     if not _ONE_KERNEL_LIMITS:
         _ONE_KERNEL_LIMITS.update({name: getattr(kernels, name) for name in names})
-    forced = next((values for suffix, values in _PATH_SUFFIXES.items() if method.endswith(suffix)), {})
+    forced = dict(next((values for suffix, values in _PATH_SUFFIXES.items() if method.endswith(suffix)), {}))
+    if "TWO_PASS_MAX_ROWS" in forced:
+        forced["TWO_PASS_MAX_ROWS"] = dict.fromkeys(kernels.VARIANT_IDS, forced["TWO_PASS_MAX_ROWS"])
     for name in names:
         setattr(kernels, name, forced.get(name, _ONE_KERNEL_LIMITS[name]))
 

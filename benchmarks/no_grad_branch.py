@@ -11,8 +11,8 @@ kernel takes ``|y|`` from B's Gram matrix and splits d_out across programs ("one
 default for "lorentz-full" only), a first launch splits ``x A^T`` over the input columns and the split kernel
 sums its parts ("two passes"). This script times the four paths for each (d_in, d_out) of the benchmark models
 and several token counts, r = 32, bf16 x and output, float32 adapter: GPU time per call (CUDA events around
-back-to-back calls of a path whose launches are queued ahead, then the same calls timed on the host until they return, which
-is the host's cost while the GPU keeps up). The dispatch limits in `kernels` are read off this table: the
+back-to-back calls of a path whose launches are queued ahead), then the same calls timed on the host until they
+return (the host's cost while the GPU keeps up). The dispatch limits in `kernels` are read off this table: the
 one-kernel path pays in GPU time what it saves in host time.
 
     python benchmarks/no_grad_branch.py --json no_grad_branch.json

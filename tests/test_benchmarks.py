@@ -106,10 +106,11 @@ def test_decode_method_suffixes_force_the_no_grad_paths_and_restore_the_limits()
     names = ("FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS", "TWO_PASS_MAX_ROWS")
     package = {name: getattr(kernels, name) for name in names}
     try:
-        every = ("lorentz", "stereographic", "lorentz-full")
-        off, on = dict.fromkeys(every, 0), dict.fromkeys(every, 256)
-        expected = {"hyplora-lorentz-matmul": (0, 0, off), "hyplora-lorentz-full-one-pass": (256, 16384, off),
-                    "hyplora-lorentz-two-pass": (256, 16384, on), "hyplora-lorentz-two-pass-all": (0, 16384, on)}
+        off, on = dict.fromkeys(kernels.VARIANT_IDS, 0), dict.fromkeys(kernels.VARIANT_IDS, 256)
+        rows, narrow_rows = package["FUSED_MAX_ROWS"], package["FUSED_NARROW_MAX_ROWS"]
+        expected = {"hyplora-lorentz-matmul": (0, 0, off), "hyplora-lorentz-full-one-pass": (rows, narrow_rows, off),
+                    "hyplora-lorentz-two-pass": (rows, narrow_rows, on),
+                    "hyplora-lorentz-two-pass-all": (0, narrow_rows, on)}
         for method, limits in expected.items():
             decode.select_launches(method)
             assert tuple(getattr(kernels, name) for name in names) == limits, method

@@ -612,7 +612,7 @@ def add_gated_branch_(
     if not x2.is_contiguous():
         x2 = x2.contiguous()
     out2 = out.view(-1, out.shape[-1])
-    if kernels.fuses(x2.shape[0], x2.shape[1], out2.shape[1]):  # few tokens: one launch in all, where host time per launch decides
+    if kernels.fuses(x2.shape[0], x2.shape[1], out2.shape[1]):  # few tokens: one launch, where host time decides
         kernels.add_fused_(out2, x2, A.contiguous(), B.contiguous(), log_ratios, k0, s0, variant, scaling, theta_max)
         return
     if kernels.two_pass(x2.shape[0], x2.shape[1], out2.shape[1], variant):  # wider layers, few tokens: two launches

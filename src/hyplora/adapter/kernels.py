@@ -91,9 +91,9 @@ def supports(device: torch.device, dtype: torch.dtype, points: int, variant: str
 # spills. ``(tokens per block, warps)`` of the training forward kernels (`_gate_forward_kernel`,
 # `_lorentz_full_forward_kernel`) and of `_gate_backward_kernel`, per padded rank up to 64: at rank 16, 64-token
 # blocks (measured on an H200, benchmarks/RESULTS.md); at 32, 32 tokens and 8 warps forward and 16 tokens and 4
-# warps backward, free of spills (64 tokens and 4 warps spilled 16-24 and 336 bytes per thread, and took 0.9% more
-# of a compiled training step, tenth session); above, 16-token blocks and 8 warps keep them free of spills up to
-# rank 64. Read at each launch, so that benchmarks/train_step.py can time others side by side.
+# warps backward, free of spills (64 tokens and 4 warps spilled 16-24 and 336 bytes per thread; side by side, a
+# compiled training step took the same time either way, tenth session); above, 16-token blocks and 8 warps keep
+# them free of spills up to rank 64. Read at each launch, so that benchmarks/train_step.py can time others side by side.
 GATE_FORWARD_BLOCKS = {16: (64, 4), 32: (32, 8), 64: (16, 8)}
 GATE_BACKWARD_BLOCKS = {16: (64, 4), 32: (16, 4), 64: (16, 8)}
 
