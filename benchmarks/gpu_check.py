@@ -147,6 +147,17 @@ def check_two_pass(variant: str, device: torch.device, token_counts=(1, 16),
             setattr(kernels, name, value)
 
 
+def check_gram_precision(variant: str, device: torch.device, precision: str = "tf32x3") -> dict[str, float]:
+    """The torch.compile'd branch at ranks 32 and 100 with the compiled path's Gram matrix at ``precision``
+    (`kernels.GRAM_PRECISION`, switched on here), against the float64 literal branch."""
+    saved, kernels.GRAM_PRECISION = kernels.GRAM_PRECISION, precision
+    try:
+        return {f"r{r} {name}": error for r in (32, 100)
+                for name, error in check(variant, device, compiled=True, r=r).items()}
+    finally:
+        kernels.GRAM_PRECISION = saved
+
+
 def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
     """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x)."""
     gen = torch.Generator().manual_seed(1)
@@ -269,6 +280,9 @@ def main() -> int:
                      "against the float64 literal reference on the CPU:", gated,
                      lambda variant: check(variant, device, r=100))
     if device.type == "cuda":
+        failed |= report("torch.compile'd branches at ranks 32 and 100 with B^T B in three TF32 products "
+                         "(kernels.GRAM_PRECISION = \"tf32x3\", switched on for this check), against the float64 "
+                         "literal reference on the CPU:", gated, lambda variant: check_gram_precision(variant, device))
         failed |= report("eager no-grad one kernel on narrow layers at a batched prefill's token counts, against the "
                          "float64 literal reference on the CPU:", gated,
                          lambda variant: check_narrow_one_kernel(variant, device))

@@ -19,7 +19,8 @@ step stays eager. Ratios compare methods in the same mode (HypLoRA compiled agai
 Besides the methods run by default, "hyplora-lorentz-fixed" and "hyplora-stereographic-fixed" keep K and s fixed
 (no learned scalar parameters), to measure what those parameters cost. A HypLoRA method's name may end in
 "+fwdTxW" and/or "+bwdTxW": its training gate kernels (forward, backward) then take T tokens per block and W
-warps, for that method alone, to time block settings side by side (e.g. hyplora-lorentz+bwd32x8@reduce-overhead).
+warps, for that method alone, to time block settings side by side (e.g. hyplora-lorentz+bwd32x8@reduce-overhead);
+"+gramtf32x3" makes the compiled path's Gram matrix in three TF32 products (`kernels.GRAM_PRECISION`).
 """
 
 from __future__ import annotations
@@ -58,22 +59,32 @@ def split_run(run: str) -> tuple[str, str]:
     return method, mode or "none"
 
 
-def split_blocks(method: str, rank: int) -> tuple[str, dict]:
-    """``"hyplora-lorentz+fwd64x8+bwd32x8"`` -> ``("hyplora-lorentz", {"GATE_FORWARD_BLOCKS": (64, 8),
-    "GATE_BACKWARD_BLOCKS": (32, 8)})``: the training gate kernels' (tokens per block, warps) at this rank's padded
-    rank, set for this method's steps only (`kernels.GATE_FORWARD_BLOCKS`, `kernels.GATE_BACKWARD_BLOCKS`)."""
+_BLOCK_TABLES = {"fwd": "GATE_FORWARD_BLOCKS", "bwd": "GATE_BACKWARD_BLOCKS"}
+
+
+def split_settings(method: str, rank: int) -> tuple[str, dict]:
+    """``"hyplora-lorentz+fwd64x8+bwd32x8+gramtf32x3"`` -> ``("hyplora-lorentz", {"GATE_FORWARD_BLOCKS": (64, 8),
+    "GATE_BACKWARD_BLOCKS": (32, 8), "GRAM_PRECISION": "tf32x3"})``: kernel settings for this method's steps only.
+    "fwdTxW" / "bwdTxW": the training gate kernels' (tokens per block, warps) at this rank's padded rank
+    (`kernels.GATE_FORWARD_BLOCKS`, `kernels.GATE_BACKWARD_BLOCKS`, ranks up to 64); "gramtf32x3": the compiled
+    path's Gram matrix in three TF32 products (`kernels.GRAM_PRECISION`)."""
     base, *tweaks = method.split("+")
-    blocks = {}
+    settings = {}
     for tweak in tweaks:
+        if tweak == "gramtf32x3":
+            settings["GRAM_PRECISION"] = "tf32x3"
+            continue
         match = re.fullmatch(r"(fwd|bwd)(\d+)x(\d+)", tweak)
         tokens, warps = (int(match[2]), int(match[3])) if match else (0, 0)
         if not match or tokens & (tokens - 1) or warps & (warps - 1) or not 16 <= tokens <= 256 or warps > 16:
-            raise SystemExit(f"bad block setting {tweak!r} in {method!r}: want fwdTxW or bwdTxW, T a power of 2 "
-                             "in 16-256 tokens, W a power of 2 up to 16 warps")
-        blocks["GATE_FORWARD_BLOCKS" if match[1] == "fwd" else "GATE_BACKWARD_BLOCKS"] = (tokens, warps)
-    if blocks and (base == "lora" or max(16, 1 << (rank - 1).bit_length()) > 64):
-        raise SystemExit(f"{method!r}: block settings apply to HypLoRA methods at ranks up to 64")
-    return base, blocks
+            raise SystemExit(f"bad kernel setting {tweak!r} in {method!r}: want fwdTxW or bwdTxW (T a power of 2 "
+                             "in 16-256 tokens, W a power of 2 up to 16 warps) or gramtf32x3")
+        if max(16, 1 << (rank - 1).bit_length()) > 64:
+            raise SystemExit(f"{method!r}: block settings apply at ranks up to 64")
+        settings[_BLOCK_TABLES[match[1]]] = (tokens, warps)
+    if settings and base == "lora":
+        raise SystemExit(f"{method!r}: kernel settings apply to HypLoRA methods")
+    return base, settings
 
 
 def make_run(run: str, args, device, dtype):
@@ -82,7 +93,7 @@ def make_run(run: str, args, device, dtype):
     from hyplora.adapter import kernels
 
     method, mode = split_run(run)
-    method, blocks = split_blocks(method, args.rank)
+    method, settings = split_settings(method, args.rank)
     padded = max(16, 1 << (args.rank - 1).bit_length())
     model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
     model.train()
@@ -96,14 +107,14 @@ def make_run(run: str, args, device, dtype):
     forward = model if mode in EAGER_MODES else torch.compile(model, mode=mode)
 
     def step():
-        saved = {name: dict(getattr(kernels, name)) for name in blocks}
-        for name, setting in blocks.items():  # read at each launch (and baked into a CUDA graph when recorded)
-            getattr(kernels, name)[padded] = setting
+        saved = {name: getattr(kernels, name) for name in settings}
+        for name, value in settings.items():  # read at each launch (and baked into a CUDA graph when recorded)
+            setattr(kernels, name, {**saved[name], padded: value} if name in _BLOCK_TABLES.values() else value)
         try:
             return plain_step()
         finally:
-            for name, table in saved.items():
-                setattr(kernels, name, table)
+            for name, value in saved.items():
+                setattr(kernels, name, value)
 
     def plain_step():
         if mode == "reduce-overhead":
@@ -118,7 +129,7 @@ def make_run(run: str, args, device, dtype):
         optimizer.zero_grad(set_to_none=True)
         return loss.detach().clone()
 
-    return model, step if blocks else plain_step
+    return model, step if settings else plain_step
 
 
 def timed(step, device) -> tuple[float, torch.Tensor]:

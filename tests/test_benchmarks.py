@@ -87,15 +87,34 @@ def test_decode_takes_the_full_depth_8b_shape_and_a_one_kernel_limit(tmp_path):
     assert refused.returncode != 0 and "--fused-max-rows must be >= 0" in refused.stderr
 
 
-def test_train_step_block_settings_per_method():
+def test_train_step_kernel_settings_per_method():
     train_step = _import_from_benchmarks("train_step")
-    assert train_step.split_blocks("hyplora-lorentz", 32) == ("hyplora-lorentz", {})
-    assert train_step.split_blocks("hyplora-stereographic+fwd64x8+bwd16x4", 32) == (
+    assert train_step.split_settings("hyplora-lorentz", 32) == ("hyplora-lorentz", {})
+    assert train_step.split_settings("hyplora-stereographic+fwd64x8+bwd16x4", 32) == (
         "hyplora-stereographic", {"GATE_FORWARD_BLOCKS": (64, 8), "GATE_BACKWARD_BLOCKS": (16, 4)})
+    assert train_step.split_settings("hyplora-lorentz+gramtf32x3", 100) == (
+        "hyplora-lorentz", {"GRAM_PRECISION": "tf32x3"})
     for bad, rank in (("hyplora-lorentz+bwd48x4", 32), ("hyplora-lorentz+bwd32x3", 32), ("hyplora-lorentz+mid32x4", 32),
-                      ("lora+bwd32x8", 32), ("hyplora-lorentz+bwd16x8", 100)):
+                      ("lora+bwd32x8", 32), ("lora+gramtf32x3", 32), ("hyplora-lorentz+bwd16x8", 100)):
         with pytest.raises(SystemExit):
-            train_step.split_blocks(bad, rank)
+            train_step.split_settings(bad, rank)
+
+
+def test_train_step_kernel_settings_hold_during_the_methods_steps_only():
+    from types import SimpleNamespace
+
+    from hyplora.adapter import kernels
+
+    train_step = _import_from_benchmarks("train_step")
+    args = SimpleNamespace(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=1, vocab=100, batch=1, seq=8,
+                           rank=8, optimizer="foreach")
+    before = (kernels.GRAM_PRECISION, kernels.GATE_BACKWARD_BLOCKS)
+    model, step = train_step.make_run("hyplora-lorentz+gramtf32x3+bwd32x8", args, torch.device("cpu"), torch.float32)
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append((kernels.GRAM_PRECISION, dict(kernels.GATE_BACKWARD_BLOCKS))))
+    step()
+    assert seen == [("tf32x3", {**before[1], 16: (32, 8)})]  # rank 8: padded to 16
+    assert (kernels.GRAM_PRECISION, kernels.GATE_BACKWARD_BLOCKS) == before and before[1][16] == (64, 4)
 
 
 def test_decode_method_suffixes_force_the_no_grad_paths_and_restore_the_limits():

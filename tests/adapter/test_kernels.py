@@ -417,11 +417,13 @@ def test_layer_no_grad_forward_on_the_in_place_path_equals_the_autograd_forward(
     _close(fast, reference.detach(), 2e-6, "layer output")
 
 
-@pytest.mark.parametrize("shape", [(1000, 32), (300, 20), (700, 64), (5, 3), (17000, 8), (0, 4)])  # n, rank
-def test_gram_matrix_matches_float64(interpreted, shape):
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("shape", [(1000, 32), (300, 20), (700, 64), (5, 3), (17000, 8), (0, 4), (600, 100)])
+def test_gram_matrix_matches_float64(interpreted, monkeypatch, shape, precision):
     """Weights long enough for several slabs (atomic adds of their products), ranks that are not powers of two,
-    and no rows at all."""
-    n, rank = shape
+    a rank above 64, and no rows at all; float32 products or three TF32 ones (`kernels.GRAM_PRECISION`)."""
+    monkeypatch.setattr(kernels, "GRAM_PRECISION", precision)
+    n, rank = shape  # n, rank
     weight = torch.randn(n, rank, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     expected = weight.double().t() @ weight.double()
     _close(kernels.gram_matrix(weight), expected, 1e-6, "Gram matrix")

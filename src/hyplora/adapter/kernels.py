@@ -131,9 +131,18 @@ def _full_backward_config(rank: int) -> tuple[dict, int]:
     return {"BLOCK_T": 16, "BLOCK_R": block_r, "SUM_HH": block_r <= 64}, (4 if block_r <= 32 else 8)
 
 
-def _gram_blocks(rank: int) -> tuple[dict, int]:
-    block_r = max(16, triton.next_power_of_2(rank))
-    return {"BLOCK_N": {16: 64, 32: 64, 64: 32}.get(block_r, 16), "BLOCK_R": block_r}, (4 if block_r <= 64 else 8)
+# The products of the compiled training path's Gram matrix (`gram_matrix`): "ieee", float32 on the CUDA cores, or
+# "tf32x3", three TF32 products on the tensor cores (float32-level accuracy). At rank 100 the "ieee" kernel took
+# 19.8 us per call on an H200, a third of a compiled step's GPU time over LoRA's (benchmarks/RESULTS.md, tenth
+# session). "tf32x3" is tested in Triton's interpreter and not yet timed on a GPU: off until it is.
+GRAM_PRECISION = "ieee"
+
+
+def _gram_config(rank: int) -> tuple[dict, int]:
+    """Compile-time constants and warps of `_gram_kernel` for a (n x rank) weight."""
+    block_r = _padded_rank(rank)
+    return ({"BLOCK_N": {16: 64, 32: 64, 64: 32}.get(block_r, 16), "BLOCK_R": block_r, "PRECISION": GRAM_PRECISION},
+            (4 if block_r <= 64 else 8))
 
 
 def _times_small_blocks(points: int) -> tuple[dict, int]:
@@ -149,7 +158,7 @@ def launch_configs(rank: int) -> list[tuple[str, dict, int]]:
     forward_t, forward_r, forward_c, forward_warps = _forward_blocks(rank)
     backward_t, backward_r, backward_warps, sum_m = _backward_blocks(rank)
     full_t, full_r, full_c, full_warps = _forward_blocks(rank + 1)
-    configs = [("_gram_kernel", *_gram_blocks(rank)), ("_gram_kernel", *_gram_blocks(rank + 1))]
+    configs = [("_gram_kernel", *_gram_config(rank)), ("_gram_kernel", *_gram_config(rank + 1))]
     for variant in (0, 1):
         for with_coef in (True, False):
             configs.append(("_gate_forward_kernel", {"VARIANT": variant, "WITH_COEF": with_coef,
@@ -268,8 +277,10 @@ if triton is not None:
         return g1 * g2, dG_dn, dG_dm, dG_dK
 
     @triton.jit(do_not_specialize=["N"])
-    def _gram_kernel(x_ptr, out_ptr, N, R, ROWS, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
-        """``out += X_p^T X_p`` for the p-th slab of ``ROWS`` rows of X (N x R), by atomic adds into ``out``."""
+    def _gram_kernel(x_ptr, out_ptr, N, R, ROWS, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
+                     PRECISION: tl.constexpr):
+        """``out += X_p^T X_p`` for the p-th slab of ``ROWS`` rows of X (N x R), by atomic adds into ``out``; the
+        products at ``PRECISION`` ("ieee" or "tf32x3", `GRAM_PRECISION`)."""
         part = tl.program_id(0)
         cols = tl.arange(0, BLOCK_R)
         col_mask = cols < R
@@ -280,7 +291,7 @@ if triton is not None:
             rows = start + tl.arange(0, BLOCK_N)
             mask = (rows[:, None] < last) & col_mask[None, :]
             x = tl.load(x_ptr + rows[:, None].to(tl.int64) * R + cols[None, :], mask=mask, other=0.0)
-            acc += tl.dot(tl.trans(x), x, input_precision="ieee")
+            acc += tl.dot(tl.trans(x), x, input_precision=PRECISION)
         tl.atomic_add(out_ptr + cols[:, None] * R + cols[None, :], acc, mask=col_mask[:, None] & col_mask[None, :],
                       sem="relaxed")
 
@@ -937,10 +948,10 @@ def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     most 128 of them (about one per SM), each adding its product atomically (no split-K reduction kernel; the
     order of the float32 additions, hence the last bits, may differ from run to run)."""
     n, rank = weight.shape
-    blocks, warps = _gram_blocks(rank)
-    slabs, per_slab = _slabs(n, max(128, blocks["BLOCK_N"]), 128)
+    constants, warps = _gram_config(rank)
+    slabs, per_slab = _slabs(n, max(128, constants["BLOCK_N"]), 128)
     out = torch.zeros((rank, rank), dtype=torch.float32, device=weight.device)
-    _launch(_gram_kernel, (slabs,), warps, (weight, out), (n, rank, per_slab), blocks)
+    _launch(_gram_kernel, (slabs,), warps, (weight, out), (n, rank, per_slab), constants)
     return out
 
 
