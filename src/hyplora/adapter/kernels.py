@@ -134,7 +134,8 @@ def _full_backward_config(rank: int) -> tuple[dict, int]:
 # The products of the compiled training path's Gram matrix (`gram_matrix`): "ieee", float32 on the CUDA cores, or
 # "tf32x3", three TF32 products on the tensor cores (float32-level accuracy). At rank 100 the "ieee" kernel took
 # 19.8 us per call on an H200, a third of a compiled step's GPU time over LoRA's (benchmarks/RESULTS.md, tenth
-# session). "tf32x3" is tested in Triton's interpreter and not yet timed on a GPU: off until it is.
+# session). "tf32x3" runs in CI only through Triton's interpreter, which ignores the precision, and is neither
+# checked nor timed on a GPU yet (benchmarks/gpu_check.py, train_step.py "+gramtf32x3"): off until it is.
 GRAM_PRECISION = "ieee"
 
 
