@@ -105,7 +105,7 @@ def parse_args(argv=None):
                              "always; default: the package's values)")
     parser.add_argument("--two-pass-columns", type=int, default=None,
                         help="set kernels.TWO_PASS_COLUMNS for this run: input columns per program in the first "
-                             "launch of the two-pass form (\"-two-pass\" methods; default: the package's value)")
+                             "launch of the two-pass form (default: the package's value)")
     parser.add_argument("--host-profile", action="store_true",
                         help="after the timed runs, run one generate call per method under cProfile: the Python "
                              "functions that take the most host time (where a host-bound step spends it)")

@@ -130,9 +130,10 @@ def check_split_one_kernel(variant: str, device: torch.device, token_counts=(1, 
 def check_two_pass(variant: str, device: torch.device, token_counts=(1, 16),
                    shapes=((4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)),
                    columns: int | None = None) -> dict[str, float]:
-    """The eager no-grad branch in two launches (`kernels.two_pass`, off by default: switched on here): ``x A^T``
-    and ``|x|^2`` split over the input columns, then the split kernel summing the parts, with ``|y|`` from B's
-    Gram matrix; against the float64 literal branch, on the 8B shape's layers."""
+    """The eager no-grad branch in two launches (`kernels.two_pass`; by default lorentz-full's widest layers only,
+    switched on here for every shape): ``x A^T`` and ``|x|^2`` split over the input columns, then the split kernel
+    summing the parts, with ``|y|`` from B's Gram matrix; against the float64 literal branch, on the 8B shape's
+    layers."""
     names = ("TWO_PASS_MAX_ROWS", "TWO_PASS_COLUMNS", "FUSED_MAX_ROWS", "FUSED_NARROW_MAX_ROWS")
     saved = {name: getattr(kernels, name) for name in names}
     kernels.TWO_PASS_MAX_ROWS = dict.fromkeys(kernels.VARIANT_IDS, max(token_counts))

@@ -62,6 +62,11 @@ def split_run(run: str) -> tuple[str, str]:
 _BLOCK_TABLES = {"fwd": "GATE_FORWARD_BLOCKS", "bwd": "GATE_BACKWARD_BLOCKS"}
 
 
+def padded_rank(rank: int) -> int:
+    """The rank as the kernels' tables key it: the next power of 2, at least 16."""
+    return max(16, 1 << (rank - 1).bit_length())
+
+
 def split_settings(method: str, rank: int) -> tuple[str, dict]:
     """``"hyplora-lorentz+fwd64x8+bwd32x8+gramtf32x3"`` -> ``("hyplora-lorentz", {"GATE_FORWARD_BLOCKS": (64, 8),
     "GATE_BACKWARD_BLOCKS": (32, 8), "GRAM_PRECISION": "tf32x3"})``: kernel settings for this method's steps only.
@@ -79,7 +84,7 @@ def split_settings(method: str, rank: int) -> tuple[str, dict]:
         if not match or tokens & (tokens - 1) or warps & (warps - 1) or not 16 <= tokens <= 256 or warps > 16:
             raise SystemExit(f"bad kernel setting {tweak!r} in {method!r}: want fwdTxW or bwdTxW (T a power of 2 "
                              "in 16-256 tokens, W a power of 2 up to 16 warps) or gramtf32x3")
-        if max(16, 1 << (rank - 1).bit_length()) > 64:
+        if padded_rank(rank) > 64:
             raise SystemExit(f"{method!r}: block settings apply at ranks up to 64")
         settings[_BLOCK_TABLES[match[1]]] = (tokens, warps)
     if settings and base == "lora":
@@ -94,7 +99,7 @@ def make_run(run: str, args, device, dtype):
 
     method, mode = split_run(run)
     method, settings = split_settings(method, args.rank)
-    padded = max(16, 1 << (args.rank - 1).bit_length())
+    padded = padded_rank(args.rank)
     model = peft.get_peft_model(build_model(args, device, dtype), adapter_config(method, args.rank))
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
