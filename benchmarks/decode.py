@@ -38,6 +38,7 @@ dispatching the branch's kernels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import gc
 import os
@@ -212,6 +213,17 @@ def select_launches(method: str) -> None:
         setattr(kernels, name, forced.get(name, _ONE_KERNEL_LIMITS[name]))
 
 
+@contextlib.contextmanager
+def collector_between_repeats():
+    """Python's garbage collector off inside the timed calls, as timeit has it (a full collection inside one
+    call would charge one method alone); the function yielded collects, to be called between repeats."""
+    gc.disable()
+    try:
+        yield gc.collect
+    finally:
+        gc.enable()
+
+
 def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     """Warm-up, then interleaved timed runs of every method at one batch size."""
     vocab = next(iter(models.values())).config.vocab_size
@@ -235,26 +247,29 @@ def run_case(models: dict, name: str, batch: int, args, device) -> dict:
     prefill_seconds = {method: [] for method in methods}
     outputs = {}
     case_start = time.perf_counter()
-    for repeat in range(args.repeats):
-        shift = repeat % len(methods)
-        for method in methods[shift:] + methods[:shift]:
-            select_launches(method)
-            synchronize(device)
-            start = time.perf_counter()
-            out = generate_once(models[method], ids, mask, args.new_tokens, pad_id=0, cache=caches[method])
-            synchronize(device)
-            seconds[method].append(time.perf_counter() - start)
-            if out.shape != (batch, expected):
-                raise RuntimeError(f"{method} generated shape {tuple(out.shape)}, expected {(batch, expected)}")
-            outputs[method] = out
-            if args.new_tokens > 1:
+    with collector_between_repeats() as between_repeats:
+        for repeat in range(args.repeats):
+            between_repeats()
+            shift = repeat % len(methods)
+            for method in methods[shift:] + methods[:shift]:
+                select_launches(method)
                 synchronize(device)
                 start = time.perf_counter()
-                generate_once(models[method], ids, mask, 1, pad_id=0, cache=caches[method])
+                out = generate_once(models[method], ids, mask, args.new_tokens, pad_id=0, cache=caches[method])
                 synchronize(device)
-                prefill_seconds[method].append(time.perf_counter() - start)
-        if args.max_seconds and repeat + 1 >= args.min_repeats and time.perf_counter() - case_start > args.max_seconds:
-            break
+                seconds[method].append(time.perf_counter() - start)
+                if out.shape != (batch, expected):
+                    raise RuntimeError(f"{method} generated shape {tuple(out.shape)}, expected {(batch, expected)}")
+                outputs[method] = out
+                if args.new_tokens > 1:
+                    synchronize(device)
+                    start = time.perf_counter()
+                    generate_once(models[method], ids, mask, 1, pad_id=0, cache=caches[method])
+                    synchronize(device)
+                    prefill_seconds[method].append(time.perf_counter() - start)
+            out_of_time = args.max_seconds and time.perf_counter() - case_start > args.max_seconds
+            if out_of_time and repeat + 1 >= args.min_repeats:
+                break
 
     profiles = {method: select_launches(method) or profile_generate(models[method], ids, mask, args, device,
                                                                      caches[method])
@@ -456,7 +471,8 @@ def main(argv=None) -> int:
               f"TWO_PASS_COLUMNS={kernels.TWO_PASS_COLUMNS}",
               f"decode, adapters unmerged: r={args.rank} on {','.join(TARGETS)}; {args.dtype}; greedy generate with "
               f"{args.cache} KV cache; prompt {args.prompt_len}, new tokens {args.new_tokens}; {args.warmup} warm-up + "
-              f"{args.repeats} timed runs per method, interleaved" + (" (TINY models)" if args.tiny else "")]
+              f"{args.repeats} timed runs per method, interleaved, garbage collector off inside them"
+              + (" (TINY models)" if args.tiny else "")]
     print("\n".join(header), flush=True)
     cases = []
     for name in args.models:

@@ -405,3 +405,14 @@ def test_device_map_check_smoke_run_compares_the_split_model_for_each_variant(tm
             assert {key.split(" @ ")[0] for key in result["launches"]} == {"one kernel", wide, "training"}
     if torch.cuda.device_count() < 2:
         assert check.main([]) == 2
+
+
+def test_decode_keeps_the_garbage_collector_out_of_timed_calls():
+    import gc
+
+    decode = _import_from_benchmarks("decode")
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), decode.collector_between_repeats() as between_repeats:
+        assert not gc.isenabled() and between_repeats is gc.collect
+        raise RuntimeError("a failed repeat")
+    assert gc.isenabled()  # back on after the repeats, even when one failed
