@@ -159,8 +159,11 @@ def check_gram_precision(variant: str, device: torch.device, precision: str = "t
         kernels.GRAM_PRECISION = saved
 
 
-def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype) -> dict[str, float]:
-    """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x)."""
+def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch.dtype,
+                              compiled: bool = False) -> dict[str, float]:
+    """The Triton path against the eager torch path on the same GPU (same float32 math, bf16 or float32 x);
+    ``compiled``: the Triton path torch.compile'd (the opaque operations, and for a bf16 x the backward's ``w x``
+    term from x's bits, `functional._w_term_input`)."""
     gen = torch.Generator().manual_seed(1)
     d_in, d_out, r, tokens = 4096, 14336, 32, 1000
     x = (torch.randn(tokens, d_in, generator=gen) * torch.logspace(-3, 1.5, tokens)[:, None]).to(x_dtype).to(device)
@@ -170,17 +173,24 @@ def check_fused_against_eager(variant: str, device: torch.device, x_dtype: torch
     log_ratios = torch.tensor([0.2, -0.1], device=device)  # (rho_k, rho_s)
     upstream = torch.randn(tokens, d_out, generator=gen).to(device)
 
-    def run():
+    def branch(*leaves):
+        return Fn.gated_branch(variant, *leaves, 1.3, d_in**0.5, 4.0, 12.0)
+
+    if compiled:
+        torch._dynamo.reset()
+    fast = torch.compile(branch, fullgraph=True, dynamic=False) if compiled else branch
+
+    def run(fn):
         leaves = [t.clone().requires_grad_(True) for t in (x, A, B, log_ratios)]
-        out = Fn.gated_branch(variant, *leaves, 1.3, d_in**0.5, 4.0, 12.0)
+        out = fn(*leaves)
         (out * upstream).sum().backward()
         return [out.detach()] + [leaf.grad for leaf in leaves[:3]] + [leaves[3].grad[0:1], leaves[3].grad[1:2]]
 
     assert kernels.usable(x, A, variant), "the Triton path is not in use"
-    fused = run()
+    fused = run(fast)
     os.environ["HYPLORA_TRITON"] = "0"
     try:
-        eager = run()
+        eager = run(branch)
     finally:
         del os.environ["HYPLORA_TRITON"]
     names = ["output", "grad x", "grad A", "grad B", "grad rho_k", "grad rho_s"]
@@ -301,15 +311,16 @@ def main() -> int:
             failed |= bad
             print(f"{variant:14s} largest difference {difference:.1e}; launched directly: {', '.join(sorted(launched))}"
                   + ("  FAIL" if bad else "  OK"))
-        print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x:")
+        print("Triton path against the eager path on the GPU (HYPLORA_TRITON=0), bf16 and float32 x, and the "
+              "Triton path torch.compile'd with a bf16 x:")
         for variant in ["lorentz", "stereographic", "lorentz-full"]:
-            for x_dtype in (torch.bfloat16, torch.float32):
-                errors = check_fused_against_eager(variant, device, x_dtype)
+            for x_dtype, compiled in ((torch.bfloat16, False), (torch.float32, False), (torch.bfloat16, True)):
+                errors = check_fused_against_eager(variant, device, x_dtype, compiled)
                 # grad x of a bf16 input is rounded to bf16 on both sides, possibly differently
                 limits = {k: (1e-2 if k == "grad x" and x_dtype == torch.bfloat16 else 1e-4) for k in errors}
                 bad = any(errors[k] > limits[k] for k in errors)
                 failed |= bad
-                print(f"{variant:14s} {str(x_dtype):15s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+                print(f"{variant:14s} {str(x_dtype) + (', compiled' if compiled else ''):25s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
                       + ("  FAIL" if bad else "  OK"))
     return 1 if failed else 0
 

@@ -20,7 +20,9 @@ Besides the methods run by default, "hyplora-lorentz-fixed" and "hyplora-stereog
 (no learned scalar parameters), to measure what those parameters cost. A HypLoRA method's name may end in
 "+fwdTxW" and/or "+bwdTxW": its training gate kernels (forward, backward) then take T tokens per block and W
 warps, for that method alone, to time block settings side by side (e.g. hyplora-lorentz+bwd32x8@reduce-overhead);
-"+gramtf32x3" makes the compiled path's Gram matrix in three TF32 products (`kernels.GRAM_PRECISION`).
+"+gramtf32x3" makes the compiled path's Gram matrix in three TF32 products (`kernels.GRAM_PRECISION`),
+"+gramslabsN" sums it over at most N slabs of rows (`kernels.GRAM_MAX_SLABS`), and "+wcast" takes the compiled
+backward's ``w x`` term from the float32 cast of x (`functional.W_TERM_FROM_BITS` off).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def split_run(run: str) -> tuple[str, str]:
 
 
 _BLOCK_TABLES = {"fwd": "GATE_FORWARD_BLOCKS", "bwd": "GATE_BACKWARD_BLOCKS"}
+_FUNCTIONAL_SETTINGS = ("W_TERM_FROM_BITS",)  # settings of `hyplora.adapter.functional`; the others are `kernels`'s
 
 
 def padded_rank(rank: int) -> int:
@@ -72,18 +75,27 @@ def split_settings(method: str, rank: int) -> tuple[str, dict]:
     "GATE_BACKWARD_BLOCKS": (32, 8), "GRAM_PRECISION": "tf32x3"})``: kernel settings for this method's steps only.
     "fwdTxW" / "bwdTxW": the training gate kernels' (tokens per block, warps) at this rank's padded rank
     (`kernels.GATE_FORWARD_BLOCKS`, `kernels.GATE_BACKWARD_BLOCKS`, ranks up to 64); "gramtf32x3": the compiled
-    path's Gram matrix in three TF32 products (`kernels.GRAM_PRECISION`)."""
+    path's Gram matrix in three TF32 products (`kernels.GRAM_PRECISION`); "gramslabsN": that Gram matrix summed
+    over at most N slabs of rows (`kernels.GRAM_MAX_SLABS`); "wcast": the compiled backward's ``w x`` term from
+    the float32 cast of x, not from x's bits (`functional.W_TERM_FROM_BITS`)."""
     base, *tweaks = method.split("+")
     settings = {}
     for tweak in tweaks:
         if tweak == "gramtf32x3":
             settings["GRAM_PRECISION"] = "tf32x3"
             continue
+        if tweak == "wcast":
+            settings["W_TERM_FROM_BITS"] = False
+            continue
+        slabs = re.fullmatch(r"gramslabs(\d+)", tweak)
+        if slabs and int(slabs[1]) >= 1:
+            settings["GRAM_MAX_SLABS"] = int(slabs[1])
+            continue
         match = re.fullmatch(r"(fwd|bwd)(\d+)x(\d+)", tweak)
         tokens, warps = (int(match[2]), int(match[3])) if match else (0, 0)
         if not match or tokens & (tokens - 1) or warps & (warps - 1) or not 16 <= tokens <= 256 or warps > 16:
             raise SystemExit(f"bad kernel setting {tweak!r} in {method!r}: want fwdTxW or bwdTxW (T a power of 2 "
-                             "in 16-256 tokens, W a power of 2 up to 16 warps) or gramtf32x3")
+                             "in 16-256 tokens, W a power of 2 up to 16 warps), gramtf32x3, gramslabsN (N >= 1) or wcast")
         if padded_rank(rank) > 64:
             raise SystemExit(f"{method!r}: block settings apply at ranks up to 64")
         settings[_BLOCK_TABLES[match[1]]] = (tokens, warps)
@@ -95,7 +107,7 @@ def split_settings(method: str, rank: int) -> tuple[str, dict]:
 def make_run(run: str, args, device, dtype):
     import peft
 
-    from hyplora.adapter import kernels
+    from hyplora.adapter import functional, kernels
 
     method, mode = split_run(run)
     method, settings = split_settings(method, args.rank)
@@ -111,15 +123,17 @@ def make_run(run: str, args, device, dtype):
     ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=generator).to(device)
     forward = model if mode in EAGER_MODES else torch.compile(model, mode=mode)
 
+    owners = {name: functional if name in _FUNCTIONAL_SETTINGS else kernels for name in settings}
+
     def step():
-        saved = {name: getattr(kernels, name) for name in settings}
-        for name, value in settings.items():  # read at each launch (and baked into a CUDA graph when recorded)
-            setattr(kernels, name, {**saved[name], padded: value} if name in _BLOCK_TABLES.values() else value)
+        saved = {name: getattr(owners[name], name) for name in settings}
+        for name, value in settings.items():  # read at each launch or trace (and baked into a recorded CUDA graph)
+            setattr(owners[name], name, {**saved[name], padded: value} if name in _BLOCK_TABLES.values() else value)
         try:
             return plain_step()
         finally:
             for name, value in saved.items():
-                setattr(kernels, name, value)
+                setattr(owners[name], name, value)
 
     def plain_step():
         if mode == "reduce-overhead":

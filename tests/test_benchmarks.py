@@ -94,8 +94,11 @@ def test_train_step_kernel_settings_per_method():
         "hyplora-stereographic", {"GATE_FORWARD_BLOCKS": (64, 8), "GATE_BACKWARD_BLOCKS": (16, 4)})
     assert train_step.split_settings("hyplora-lorentz+gramtf32x3", 100) == (
         "hyplora-lorentz", {"GRAM_PRECISION": "tf32x3"})
+    assert train_step.split_settings("hyplora-lorentz+gramslabs32+gramtf32x3", 32) == (
+        "hyplora-lorentz", {"GRAM_MAX_SLABS": 32, "GRAM_PRECISION": "tf32x3"})
     for bad, rank in (("hyplora-lorentz+bwd48x4", 32), ("hyplora-lorentz+bwd32x3", 32), ("hyplora-lorentz+mid32x4", 32),
-                      ("lora+bwd32x8", 32), ("lora+gramtf32x3", 32), ("hyplora-lorentz+bwd16x8", 100)):
+                      ("lora+bwd32x8", 32), ("lora+gramtf32x3", 32), ("hyplora-lorentz+bwd16x8", 100),
+                      ("hyplora-lorentz+gramslabs0", 32), ("lora+gramslabs8", 32)):
         with pytest.raises(SystemExit):
             train_step.split_settings(bad, rank)
 

@@ -139,3 +139,40 @@ def test_opaque_operations_pass_torch_library_opcheck():
     cases.append((torch.ops.hyplora.lorentz_full_backward_terms.default, full_backward))
     for operation, args in cases:
         torch.library.opcheck(operation, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("variant", ["lorentz", "lorentz-full"])
+def test_compiled_backward_reads_bfloat16_x_by_its_bits(variant, monkeypatch):
+    """In a bf16 model the compiled backward's ``w x`` term takes x's bits moved up (`functional._w_term_input`),
+    not the float32 cast that inductor would read from memory; gradients as eager's, and with
+    `functional.W_TERM_FROM_BITS` off the graph goes back to the cast."""
+    from hyplora.adapter import functional
+
+    model = peft.get_peft_model(make_tiny_llama().to(torch.bfloat16), HypLoraConfig(
+        r=4, lora_alpha=8, target_modules=["up_proj"], variant=variant, init_lora_weights=False))
+    ids = torch.randint(0, 128, (2, 12), generator=torch.Generator().manual_seed(3))
+    embeddings = model.get_input_embeddings()
+
+    def graph_and_grads(bits: bool):
+        monkeypatch.setattr(functional, "W_TERM_FROM_BITS", bits)
+        graphs = []
+
+        def recording_backend(graph_module, example_inputs):
+            graphs.append(graph_module.print_readable(print_output=False))
+            return graph_module.forward
+
+        torch._dynamo.reset()
+        model.zero_grad(set_to_none=True)
+        inputs = embeddings(ids).detach().requires_grad_()
+        run = torch.compile(model, backend=recording_backend, fullgraph=True)
+        run(inputs_embeds=inputs, labels=ids).loss.backward()
+        return "\n".join(graphs), inputs.grad
+
+    code, grad = graph_and_grads(True)
+    cast_code, cast_grad = graph_and_grads(False)
+    assert code.count("lshift") >= 2 and "lshift" not in cast_code  # up_proj of both layers
+    model.zero_grad(set_to_none=True)
+    inputs = embeddings(ids).detach().requires_grad_()
+    model(inputs_embeds=inputs, labels=ids).loss.backward()
+    assert torch.equal(grad, cast_grad)  # the same values either way
+    torch.testing.assert_close(grad, inputs.grad, rtol=0, atol=0)

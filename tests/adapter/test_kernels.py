@@ -429,6 +429,17 @@ def test_gram_matrix_matches_float64(interpreted, monkeypatch, shape, precision)
     _close(kernels.gram_matrix(weight), expected, 1e-6, "Gram matrix")
 
 
+@pytest.mark.parametrize("most", [1, 3, 128])
+def test_gram_matrix_with_any_number_of_slabs(interpreted, monkeypatch, most):
+    """`kernels.GRAM_MAX_SLABS` changes how many programs add into the result, not the result: one slab, slabs
+    whose rows do not divide the weight's, and the default."""
+    monkeypatch.setattr(kernels, "GRAM_MAX_SLABS", most)
+    weight = torch.randn(1000, 20, generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    slabs, per_slab = kernels._slabs(1000, 128, most)
+    assert slabs == min(most, 8) and slabs * per_slab >= 1000 > (slabs - 1) * per_slab
+    _close(kernels.gram_matrix(weight), weight.double().t() @ weight.double(), 1e-6, "Gram matrix")
+
+
 @pytest.mark.parametrize("shape", [(70, 20, 40), (1000, 32, 100), (5, 3, 7), (300, 64, 50), (3000, 8, 30),
                                    (90, 100, 40)])
 def test_backward_kernels_match_the_float64_torch_formulas(interpreted, shape):

@@ -217,6 +217,22 @@ def _gated_backward_torch(q, a_raw, coef, gram_a, B, base, in_place: bool = Fals
     return p, scaled[:, 2], grad_B, scaled[:, 3:].sum(dim=0)
 
 
+W_TERM_FROM_BITS = True  # see `_w_term_input`; benchmarks/train_step.py "+wcast" times the cast instead
+
+
+def _w_term_input(x: Tensor, x_cast: Tensor) -> Tensor:
+    """The input as dL/dx's ``w x`` term reads it: ``x_cast`` (x in the adapter's float32), or under torch.compile,
+    for a bfloat16 x, x's bits moved up into float32 (exact: the same values).
+
+    Written as a cast, the term is the same graph node as ``x_cast``, which the GEMM for dL/dA needs in memory;
+    inductor's kernel for dL/dx then reads that float32 copy, 4 bytes per element, where the bit shift lets it read
+    x itself, 2 (at the 8B shape's down projection, 58 against 29 MB per step).
+    """
+    if W_TERM_FROM_BITS and x.dtype == torch.bfloat16 and x_cast.dtype == torch.float32 and kernels.is_compiling():
+        return (x.reshape(x_cast.shape).view(torch.int16).to(torch.int32) << 16).view(torch.float32)
+    return x_cast
+
+
 class _GatedLowRank(torch.autograd.Function):
     """``scaling * G(|u|, |B A u|) * B A u`` with ``u = x / s``: the "lorentz" and "stereographic" branches.
 
@@ -263,7 +279,8 @@ class _GatedLowRank(torch.autograd.Function):
         if needs[1]:
             grad_A = torch.mm(p.t(), x_cast)
         if needs[0]:
-            grad_x = torch.mm(p, A).addcmul_(x_cast, w.unsqueeze(-1))  # in place: one float32 x-sized temporary fewer
+            # in place: one float32 x-sized temporary fewer
+            grad_x = torch.mm(p, A).addcmul_(_w_term_input(x, x_cast), w.unsqueeze(-1))
             del x_cast
             grad_x = grad_x.to(x.dtype).view(x.shape)
         if not needs[2]:
@@ -486,7 +503,8 @@ class _LorentzFullLowRank(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_A = torch.cat([grad_time.unsqueeze(-1), p_a.t() @ x_cast], dim=1)
         if ctx.needs_input_grad[0]:
-            grad_x = (p_a @ A[:, 1:]).addcmul_(x_cast, w.unsqueeze(-1))  # in place: one x-sized temporary fewer
+            # in place: one x-sized temporary fewer
+            grad_x = (p_a @ A[:, 1:]).addcmul_(_w_term_input(x, x_cast), w.unsqueeze(-1))
             del x_cast
             grad_x = grad_x.to(x.dtype).reshape(shape)
         if not ctx.needs_input_grad[2]:

@@ -137,6 +137,9 @@ def _full_backward_config(rank: int) -> tuple[dict, int]:
 # session). "tf32x3" runs in CI only through Triton's interpreter, which ignores the precision, and is neither
 # checked nor timed on a GPU yet (benchmarks/gpu_check.py, train_step.py "+gramtf32x3"): off until it is.
 GRAM_PRECISION = "ieee"
+# At most this many slabs of rows in `gram_matrix`, each adding its r x r product atomically into the same r x r
+# floats: more slabs read B in more programs at once, fewer make fewer atomic adds on the same addresses.
+GRAM_MAX_SLABS = 128
 
 
 def _gram_config(rank: int) -> tuple[dict, int]:
@@ -946,11 +949,11 @@ def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
 @_on_tensor_device
 def gram_matrix(weight: torch.Tensor) -> torch.Tensor:
     """``W^T W`` (r x r) of a contiguous float32 (n x r) ``weight`` in one launch: slabs of at least 128 rows, at
-    most 128 of them (about one per SM), each adding its product atomically (no split-K reduction kernel; the
-    order of the float32 additions, hence the last bits, may differ from run to run)."""
+    most `GRAM_MAX_SLABS` of them, each adding its product atomically (no split-K reduction kernel; the order of
+    the float32 additions, hence the last bits, may differ from run to run)."""
     n, rank = weight.shape
     constants, warps = _gram_config(rank)
-    slabs, per_slab = _slabs(n, max(128, constants["BLOCK_N"]), 128)
+    slabs, per_slab = _slabs(n, max(128, constants["BLOCK_N"]), GRAM_MAX_SLABS)
     out = torch.zeros((rank, rank), dtype=torch.float32, device=weight.device)
     _launch(_gram_kernel, (slabs,), warps, (weight, out), (n, rank, per_slab), constants)
     return out
