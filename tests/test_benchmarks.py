@@ -419,3 +419,14 @@ def test_decode_keeps_the_garbage_collector_out_of_timed_calls():
         assert not gc.isenabled() and between_repeats is gc.collect
         raise RuntimeError("a failed repeat")
     assert gc.isenabled()  # back on after the repeats, even when one failed
+
+
+def test_dispatch_overhead_times_the_layer_path_without_launching(tmp_path):
+    out = tmp_path / "dispatch.json"
+    run_script("dispatch_overhead.py", "--d", "64", "--rank", "8", "--calls", "20", "--repeats", "2",
+               "--variants", "lorentz,lorentz-full", "--json", str(out))
+    rows = {row["what"]: row for row in json.loads(out.read_text())["rows"]}
+    for variant in ("lorentz", "lorentz-full"):  # the in-place path was taken (the script exits otherwise)
+        for helpers in ("package", "Triton's helpers"):
+            assert rows[f"{variant}: layer path to the launch of _add_fused_kernel, {helpers}"]["median_us"] > 0
+    assert rows["kernels._cdiv(1000, 16)"]["median_us"] > 0

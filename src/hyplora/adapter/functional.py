@@ -226,7 +226,8 @@ def _w_term_input(x: Tensor, x_cast: Tensor) -> Tensor:
 
     Written as a cast, the term is the same graph node as ``x_cast``, which the GEMM for dL/dA needs in memory;
     inductor's kernel for dL/dx then reads that float32 copy, 4 bytes per element, where the bit shift lets it read
-    x itself, 2 (at the 8B shape's down projection, 58 against 29 MB per step).
+    x itself, 2 (at the 8B shape's down projection, 58 against 29 MB). On an H200 that took inductor's kernels from
+    1411 to 1305 us per compiled training step of benchmarks/train_step.py (RESULTS.md, eleventh session).
     """
     if W_TERM_FROM_BITS and x.dtype == torch.bfloat16 and x_cast.dtype == torch.float32 and kernels.is_compiling():
         return (x.reshape(x_cast.shape).view(torch.int16).to(torch.int32) << 16).view(torch.float32)

@@ -56,6 +56,17 @@ MAX_RANK = 128  # a (rows x rank) tile and the rank x rank Gram matrix must fit 
 VARIANT_IDS = {"lorentz": 0, "stereographic": 1, "lorentz-full": 2}
 
 
+# Host-side integer helpers. Triton's own (`triton.cdiv`, `triton.next_power_of_2`) are constexpr functions in
+# Triton 3.6 and later, which unwrap their arguments on every call: about 2 us of host time each (timeit, on a
+# CPU), and each launch of the eager no-grad branch made three of them. These are plain arithmetic.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_power_of_2(n: int) -> int:
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
 def is_compiling() -> bool:
     """Whether torch.compile is tracing the caller (False on torch versions without the query)."""
     query = getattr(getattr(torch, "compiler", None), "is_compiling", None)
@@ -99,7 +110,7 @@ GATE_BACKWARD_BLOCKS = {16: (64, 4), 32: (16, 4), 64: (16, 8)}
 
 
 def _padded_rank(points: int) -> int:
-    return max(16, triton.next_power_of_2(points))
+    return max(16, _next_power_of_2(points))
 
 
 def _forward_blocks(points: int) -> tuple[int, int, int, int]:
@@ -127,18 +138,19 @@ def _backward_blocks(rank: int) -> tuple[int, int, int, bool]:
 def _full_backward_config(rank: int) -> tuple[dict, int]:
     """Blocks and warps of `_lorentz_full_backward_kernel` (tiles of the rank space coordinates): 16 tokens per
     block; with 64 tokens it spilled at rank 32."""
-    block_r = max(16, triton.next_power_of_2(rank))
+    block_r = max(16, _next_power_of_2(rank))
     return {"BLOCK_T": 16, "BLOCK_R": block_r, "SUM_HH": block_r <= 64}, (4 if block_r <= 32 else 8)
 
 
 # The products of the compiled training path's Gram matrix (`gram_matrix`): "ieee", float32 on the CUDA cores, or
-# "tf32x3", three TF32 products on the tensor cores (float32-level accuracy). At rank 100 the "ieee" kernel took
-# 19.8 us per call on an H200, a third of a compiled step's GPU time over LoRA's (benchmarks/RESULTS.md, tenth
-# session). "tf32x3" runs in CI only through Triton's interpreter, which ignores the precision, and is neither
-# checked nor timed on a GPU yet (benchmarks/gpu_check.py, train_step.py "+gramtf32x3"): off until it is.
+# "tf32x3", three TF32 products on the tensor cores (float32-level accuracy). At rank 100 the "ieee" kernel takes
+# about 20 us per call on an H200, a third of a compiled step's GPU time over LoRA's. "tf32x3" passed
+# benchmarks/gpu_check.py there but was slower (26 us per call; train_step.py "+gramtf32x3", rank 100: 1.100
+# against 1.086 of LoRA's step; rank 32: no difference), so "ieee" stays (benchmarks/RESULTS.md, eleventh session).
 GRAM_PRECISION = "ieee"
 # At most this many slabs of rows in `gram_matrix`, each adding its r x r product atomically into the same r x r
-# floats: more slabs read B in more programs at once, fewer make fewer atomic adds on the same addresses.
+# floats: more slabs read B in more programs at once, fewer make fewer atomic adds on the same addresses. On an
+# H200, 32 and 16 slabs were slower than 128 at ranks 32 and 100 (train_step.py "+gramslabsN", eleventh session).
 GRAM_MAX_SLABS = 128
 
 
@@ -151,7 +163,7 @@ def _gram_config(rank: int) -> tuple[dict, int]:
 
 def _times_small_blocks(points: int) -> tuple[dict, int]:
     """Blocks and warps of `_matmul_small_kernel`; above a padded rank of 64, M in slices of 16 of the rank."""
-    block_r = max(16, triton.next_power_of_2(points))
+    block_r = max(16, _next_power_of_2(points))
     return ({"BLOCK_D": 128 if block_r <= 32 else 32, "BLOCK_R": block_r, "BLOCK_K": block_r if block_r <= 64 else 16},
             (4 if block_r <= 64 else 8))
 
@@ -942,8 +954,8 @@ _ALIGN = 4  # float32s per 16 bytes: inductor asserts that an operation's output
 
 def _slabs(rows: int, block: int, most: int) -> tuple[int, int]:
     """``(slabs, rows per slab)``: at most ``most`` slabs of whole blocks covering ``rows`` rows (one if none)."""
-    per_slab = triton.cdiv(triton.cdiv(max(rows, 1), most), block) * block
-    return triton.cdiv(max(rows, 1), per_slab), per_slab
+    per_slab = _cdiv(_cdiv(max(rows, 1), most), block) * block
+    return _cdiv(max(rows, 1), per_slab), per_slab
 
 
 @_on_tensor_device
@@ -992,7 +1004,7 @@ def lorentz_full_backward(q, a_raw, point, gram_point, scalars, coefficients, a_
     p_a = torch.empty_like(a_raw)
     w = torch.empty((rows,), dtype=torch.float32, device=device)
     points = rank + 1
-    vector = triton.cdiv(rank + 2, _ALIGN) * _ALIGN  # dL/dA[:, 0] and rho, padded; then M (aligned, see above)
+    vector = _cdiv(rank + 2, _ALIGN) * _ALIGN  # dL/dA[:, 0] and rho, padded; then M (aligned, see above)
     sums = torch.zeros((vector + points * points,), dtype=torch.float32, device=device)
     m = sums[vector:]
     beta = w if blocks["SUM_HH"] else torch.empty((rows,), dtype=torch.float32, device=device)
@@ -1011,7 +1023,7 @@ def _times_small(B, m, base, rank):
     d_out = B.shape[0]
     out = torch.empty_like(B)
     blocks, warps = _times_small_blocks(rank)
-    _launch(_matmul_small_kernel, (max(1, triton.cdiv(d_out, blocks["BLOCK_D"])),), warps,
+    _launch(_matmul_small_kernel, (max(1, _cdiv(d_out, blocks["BLOCK_D"])),), warps,
             (B, m, base, out), (d_out, rank), blocks)
     return out
 
@@ -1027,7 +1039,7 @@ def gate_forward(a_raw, norm_x, gram, log_ratios, k0, s0, variant, scaling, thet
     block_t, block_r, block_c, warps = _forward_blocks(rank)
     theta, sinh_theta = _variant_constants(variant, theta_max)
     if rows:
-        _launch(_gate_forward_kernel, (triton.cdiv(rows, block_t),), warps,
+        _launch(_gate_forward_kernel, (_cdiv(rows, block_t),), warps,
                 (a_raw, norm_x, gram, log_ratios, z, coef, gram_a),
                 (rows, rank, float(k0), float(s0), float(scaling), theta, sinh_theta),
                 {"VARIANT": VARIANT_IDS[variant], "WITH_COEF": with_coefficients, "BLOCK_T": block_t,
@@ -1050,7 +1062,7 @@ def lorentz_full_forward(a_raw, a_time, norm_x, gram, log_ratios, k0, s0, scalin
         point = gram_point = scalars = coefficients = z
     block_t, block_r, block_c, warps = _forward_blocks(rank + 1)
     if rows:
-        _launch(_lorentz_full_forward_kernel, (triton.cdiv(rows, block_t),), warps,
+        _launch(_lorentz_full_forward_kernel, (_cdiv(rows, block_t),), warps,
                 (a_raw, a_time, norm_x, gram, log_ratios, z, point, gram_point, scalars, coefficients),
                 (rows, rank, float(k0), float(s0), float(scaling), float(theta_max), math.sinh(theta_max)),
                 {"WITH_COEF": with_coefficients, "BLOCK_T": block_t, "BLOCK_R": block_r, "BLOCK_C": block_c})
@@ -1090,7 +1102,7 @@ def add_lorentz_full_(out, y_raw, x, a_raw, A, B, v, log_ratios, k0, s0, scaling
 
 
 def _add_lorentz_full_block(rank: int) -> int:
-    return max(16, triton.next_power_of_2(rank))
+    return max(16, _next_power_of_2(rank))
 
 
 # Up to FUSED_MAX_ROWS tokens, and for layers with d_in + 2 d_out <= FUSED_MAX_WIDTH, the eager no-grad branch is
@@ -1118,7 +1130,7 @@ FUSED_SPLIT_COLUMNS = 512
 @functools.lru_cache(maxsize=None)
 def _fused_blocks(rank: int) -> tuple[dict, int]:
     """Blocks and warps of `_add_fused_kernel` for adapters of this rank (space rank for "lorentz-full")."""
-    block_r = max(16, triton.next_power_of_2(rank))
+    block_r = max(16, _next_power_of_2(rank))
     width_k, width_n = {16: (64, 128), 32: (64, 128), 64: (64, 64)}.get(block_r, (32, 32))
     return {"BLOCK_T": 16, "BLOCK_K": width_k, "BLOCK_N": width_n, "BLOCK_R": block_r}, 8
 
@@ -1158,7 +1170,7 @@ def _launch_fused(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max,
     blocks, warps = _fused_blocks(A.shape[0])
     slice_columns = FUSED_SPLIT_COLUMNS if gram is not None else d_out
     part, squared, count = partials if partials is not None else (log_ratios, log_ratios, 0)
-    _launch(_add_fused_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), triton.cdiv(d_out, slice_columns)), warps,
+    _launch(_add_fused_kernel, (_cdiv(rows, blocks["BLOCK_T"]), _cdiv(d_out, slice_columns)), warps,
             (out, x, A, B, log_ratios, gram if gram is not None else log_ratios, part, squared),
             (rows, d_in, d_out, A.shape[0], A.stride(0), B.stride(0), B.shape[1], slice_columns, float(k0),
              float(s0), float(scaling), theta, sinh_theta),
@@ -1201,10 +1213,10 @@ def add_two_pass_(out, x, A, B, log_ratios, k0, s0, variant, scaling, theta_max,
         return
     rank = A.shape[0]
     blocks, warps = _fused_blocks(rank)
-    parts = triton.cdiv(d_in, TWO_PASS_COLUMNS)
+    parts = _cdiv(d_in, TWO_PASS_COLUMNS)
     part = torch.empty((parts * rows * rank + parts * rows,), dtype=torch.float32, device=x.device)
     squared = part[parts * rows * rank:]
-    _launch(_partial_point_kernel, (triton.cdiv(rows, blocks["BLOCK_T"]), parts), warps, (x, A, part, squared),
+    _launch(_partial_point_kernel, (_cdiv(rows, blocks["BLOCK_T"]), parts), warps, (x, A, part, squared),
             (rows, d_in, rank, A.stride(0), TWO_PASS_COLUMNS),
             {"TIME": int(variant == "lorentz-full"), "BLOCK_T": blocks["BLOCK_T"], "BLOCK_K": TWO_PASS_BLOCK_K,
              "BLOCK_R": blocks["BLOCK_R"]})

@@ -279,9 +279,12 @@ class HypLoraLinear(nn.Module, LoraLayer):
         A = self.lora_A[adapter_name].weight
         if settings.compat is not None or not Fn.adds_in_place(result, settings.variant, x, A):
             return False
+        dropout = self.lora_dropout[adapter_name]
+        if not isinstance(dropout, nn.Identity):  # a module call costs host time in every decoding step
+            x = dropout(x)
         with _autocast_off(x.device.type):
             Fn.add_gated_branch_(
-                result, settings.variant, self.lora_dropout[adapter_name](x), A, self.lora_B[adapter_name].weight,
+                result, settings.variant, x, A, self.lora_B[adapter_name].weight,
                 self._log_ratios(adapter_name, A), settings.curvature, settings.feature_scale,
                 self.scaling[adapter_name], settings.max_radius,
             )
