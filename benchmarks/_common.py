@@ -123,6 +123,35 @@ def per_call_us(fn, device, calls: int, repeats: int, warmup: int = 10) -> tuple
     return statistics.median(samples), min(samples), max(samples)
 
 
+def one_layer_model(method: str, d: int, rank: int, device, dtype):
+    """A model of one (d -> d) ``nn.Linear`` named ``proj``, adapted by stock peft LoRA (``method="lora"``) or by
+    HypLoRA of variant ``method``, rank ``rank``, B drawn nonzero (as after some training)."""
+    import peft
+    import torch.nn as nn
+
+    from hyplora import HypLoraConfig
+
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(d, d, bias=False)
+
+        def forward(self, x):
+            return self.proj(x)
+
+    torch.manual_seed(0)
+    base = One().to(device=device, dtype=dtype)
+    if method == "lora":
+        config = peft.LoraConfig(r=rank, lora_alpha=64, target_modules=["proj"])
+    else:
+        config = HypLoraConfig(r=rank, lora_alpha=128, target_modules=["proj"], variant=method)
+    model = peft.get_peft_model(base, config)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(param, std=0.01)
+    return model
+
+
 def llama_model(shape: dict, device, dtype, seed: int = 0, **overrides):
     """A ``LlamaForCausalLM`` of the given shape with random weights (seeded), built directly on ``device``."""
     from transformers import LlamaConfig, LlamaForCausalLM

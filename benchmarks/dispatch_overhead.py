@@ -24,27 +24,7 @@ if not torch.cuda.is_available():  # before `kernels` is imported: the Triton pa
     os.environ.setdefault("TRITON_INTERPRET", "1")
     os.environ.setdefault("HYPLORA_TRITON", "interpret")
 
-from _common import device_name, per_call_us, versions_line, write_json_atomic  # noqa: E402
-
-
-def adapted_layer(variant: str, d: int, rank: int, device, dtype):
-    import peft
-    import torch.nn as nn
-
-    from hyplora import HypLoraConfig
-
-    class One(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = nn.Linear(d, d, bias=False)
-
-        def forward(self, x):
-            return self.proj(x)
-
-    torch.manual_seed(0)
-    model = peft.get_peft_model(One().to(device=device, dtype=dtype),
-                                HypLoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["proj"], variant=variant))
-    return model.base_model.model.proj
+from _common import device_name, one_layer_model, per_call_us, versions_line, write_json_atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -83,7 +63,7 @@ def main(argv=None) -> int:
     try:
         with torch.no_grad():
             for variant in args.variants.split(","):
-                layer = adapted_layer(variant, args.d, args.rank, device, dtype)
+                layer = one_layer_model(variant, args.d, args.rank, device, dtype).base_model.model.proj
                 x = torch.randn(1, 1, args.d, device=device, dtype=dtype)
                 result = layer.base_layer(x)
                 for label, (cdiv, next_power_of_2) in helpers.items():

@@ -16,35 +16,7 @@ import argparse
 import os
 
 import torch
-from _common import device_name, per_call_us, versions_line, write_json_atomic
-
-
-
-def layer(method: str, d: int, rank: int, device, dtype):
-    import peft
-    import torch.nn as nn
-
-    from hyplora import HypLoraConfig
-
-    class One(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = nn.Linear(d, d, bias=False)
-
-        def forward(self, x):
-            return self.proj(x)
-
-    torch.manual_seed(0)
-    base = One().to(device=device, dtype=dtype)
-    if method == "lora":
-        config = peft.LoraConfig(r=rank, lora_alpha=64, target_modules=["proj"])
-    else:
-        config = HypLoraConfig(r=rank, lora_alpha=128, target_modules=["proj"], variant=method)
-    model = peft.get_peft_model(base, config)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            nn.init.normal_(param, std=0.01)
-    return model
+from _common import device_name, one_layer_model, per_call_us, versions_line, write_json_atomic
 
 
 def main() -> None:
@@ -114,7 +86,7 @@ def main() -> None:
         settings += [("lorentz", {"HYPLORA_TRITON": "0"})]
     for tokens in [int(t) for t in args.tokens.split(",")]:
         for method, options in settings:
-            model = layer(method, args.d, args.rank, device, dtype)
+            model = one_layer_model(method, args.d, args.rank, device, dtype)
             x = torch.randn(1, tokens, args.d, device=device, dtype=dtype, requires_grad=True)
             label = method + "".join(f" ({k}={v})" for k, v in options.items())
             previous = os.environ.get("HYPLORA_TRITON")

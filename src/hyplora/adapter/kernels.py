@@ -57,8 +57,9 @@ VARIANT_IDS = {"lorentz": 0, "stereographic": 1, "lorentz-full": 2}
 
 
 # Host-side integer helpers. Triton's own (`triton.cdiv`, `triton.next_power_of_2`) are constexpr functions in
-# Triton 3.6 and later, which unwrap their arguments on every call: about 2 us of host time each (timeit, on a
-# CPU), and each launch of the eager no-grad branch made three of them. These are plain arithmetic.
+# Triton 3.6 and later, which unwrap their arguments on every call: about 2 us of host time each
+# (benchmarks/dispatch_overhead.py), and each launch of the eager no-grad branch made three of them. These are
+# plain arithmetic.
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
