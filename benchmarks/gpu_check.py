@@ -320,7 +320,8 @@ def main() -> int:
                 limits = {k: (1e-2 if k == "grad x" and x_dtype == torch.bfloat16 else 1e-4) for k in errors}
                 bad = any(errors[k] > limits[k] for k in errors)
                 failed |= bad
-                print(f"{variant:14s} {str(x_dtype) + (', compiled' if compiled else ''):25s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
+                label = str(x_dtype) + (", compiled" if compiled else "")
+                print(f"{variant:14s} {label:25s} " + "  ".join(f"{k} {v:.1e}" for k, v in errors.items())
                       + ("  FAIL" if bad else "  OK"))
     return 1 if failed else 0
 

@@ -95,7 +95,8 @@ def split_settings(method: str, rank: int) -> tuple[str, dict]:
         tokens, warps = (int(match[2]), int(match[3])) if match else (0, 0)
         if not match or tokens & (tokens - 1) or warps & (warps - 1) or not 16 <= tokens <= 256 or warps > 16:
             raise SystemExit(f"bad kernel setting {tweak!r} in {method!r}: want fwdTxW or bwdTxW (T a power of 2 "
-                             "in 16-256 tokens, W a power of 2 up to 16 warps), gramtf32x3, gramslabsN (N >= 1) or wcast")
+                             "in 16-256 tokens, W a power of 2 up to 16 warps), gramtf32x3, gramslabsN (N >= 1) "
+                             "or wcast")
         if padded_rank(rank) > 64:
             raise SystemExit(f"{method!r}: block settings apply at ranks up to 64")
         settings[_BLOCK_TABLES[match[1]]] = (tokens, warps)

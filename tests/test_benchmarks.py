@@ -94,8 +94,8 @@ def test_train_step_kernel_settings_per_method():
         "hyplora-stereographic", {"GATE_FORWARD_BLOCKS": (64, 8), "GATE_BACKWARD_BLOCKS": (16, 4)})
     assert train_step.split_settings("hyplora-lorentz+gramtf32x3", 100) == (
         "hyplora-lorentz", {"GRAM_PRECISION": "tf32x3"})
-    assert train_step.split_settings("hyplora-lorentz+gramslabs32+gramtf32x3", 32) == (
-        "hyplora-lorentz", {"GRAM_MAX_SLABS": 32, "GRAM_PRECISION": "tf32x3"})
+    assert train_step.split_settings("hyplora-lorentz+gramslabs32+gramtf32x3+wcast", 32) == (
+        "hyplora-lorentz", {"GRAM_MAX_SLABS": 32, "GRAM_PRECISION": "tf32x3", "W_TERM_FROM_BITS": False})
     for bad, rank in (("hyplora-lorentz+bwd48x4", 32), ("hyplora-lorentz+bwd32x3", 32), ("hyplora-lorentz+mid32x4", 32),
                       ("lora+bwd32x8", 32), ("lora+gramtf32x3", 32), ("hyplora-lorentz+bwd16x8", 100),
                       ("hyplora-lorentz+gramslabs0", 32), ("lora+gramslabs8", 32)):
@@ -106,18 +106,21 @@ def test_train_step_kernel_settings_per_method():
 def test_train_step_kernel_settings_hold_during_the_methods_steps_only():
     from types import SimpleNamespace
 
-    from hyplora.adapter import kernels
+    from hyplora.adapter import functional, kernels
 
     train_step = _import_from_benchmarks("train_step")
     args = SimpleNamespace(hidden=64, intermediate=128, heads=4, kv_heads=2, layers=1, vocab=100, batch=1, seq=8,
                            rank=8, optimizer="foreach")
-    before = (kernels.GRAM_PRECISION, kernels.GATE_BACKWARD_BLOCKS)
-    model, step = train_step.make_run("hyplora-lorentz+gramtf32x3+bwd32x8", args, torch.device("cpu"), torch.float32)
+    before = (kernels.GRAM_PRECISION, kernels.GATE_BACKWARD_BLOCKS, functional.W_TERM_FROM_BITS)
+    model, step = train_step.make_run("hyplora-lorentz+gramtf32x3+bwd32x8+wcast", args, torch.device("cpu"),
+                                      torch.float32)
     seen = []
-    model.register_forward_hook(lambda *_: seen.append((kernels.GRAM_PRECISION, dict(kernels.GATE_BACKWARD_BLOCKS))))
+    model.register_forward_hook(lambda *_: seen.append(
+        (kernels.GRAM_PRECISION, dict(kernels.GATE_BACKWARD_BLOCKS), functional.W_TERM_FROM_BITS)))
     step()
-    assert seen == [("tf32x3", {**before[1], 16: (32, 8)})]  # rank 8: padded to 16
-    assert (kernels.GRAM_PRECISION, kernels.GATE_BACKWARD_BLOCKS) == before and before[1][16] == (64, 4)
+    assert seen == [("tf32x3", {**before[1], 16: (32, 8)}, False)]  # rank 8: padded to 16
+    assert (kernels.GRAM_PRECISION, kernels.GATE_BACKWARD_BLOCKS, functional.W_TERM_FROM_BITS) == before
+    assert before[1][16] == (64, 4) and before[2]
 
 
 def test_decode_method_suffixes_force_the_no_grad_paths_and_restore_the_limits():
