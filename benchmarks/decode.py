@@ -72,8 +72,9 @@ MODELS = list(MODEL_SHAPES)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="llama8b-4l,smollm2", help=f"comma-separated, from {MODELS}")
+    variants = [m for m in METHOD_LABELS if m not in ALL_METHODS]
     parser.add_argument("--methods", default=",".join(ALL_METHODS),
-                        help=f"comma-separated, from {ALL_METHODS}, or {[m for m in METHOD_LABELS if m not in ALL_METHODS]}")
+                        help=f"comma-separated, from {ALL_METHODS}, or {variants}")
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)

@@ -7,8 +7,8 @@ that path alone: ``HypLoraLinear._add_branch_in_place`` on one token of a (d -> 
 `kernels._launch` replaced by a call that does nothing, so that neither the launch nor the GPU is in the figure.
 On a machine without a GPU it runs the layer on CPU tensors, with Triton's interpreter switched on (nothing is
 interpreted: nothing is launched). The same run also times the path with Triton's own ``triton.cdiv`` and
-``triton.next_power_of_2`` for the grid and block sizes (what `kernels` used before the eleventh session), side by
-side, and one call of each helper.
+``triton.next_power_of_2`` in `kernels` (what it used before the eleventh session; on this path they size the grid,
+the blocks being cached), side by side, and one call of ``triton.cdiv`` and of ``kernels._cdiv``.
 
     python benchmarks/dispatch_overhead.py [--json out.json]
 """
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
                     launches.clear()
                     if not layer._add_branch_in_place(result, x, "default"):
                         raise SystemExit(f"{variant}: the layer did not take the in-place no-grad path")
-                    kernel = launches[0].__name__ if hasattr(launches[0], "__name__") else str(launches[0])
+                    kernel = getattr(launches[0], "__name__", launches[0])
                     stats = per_call_us(lambda: layer._add_branch_in_place(result, x, "default"), device,
                                         args.calls, args.repeats)
                     record(f"{variant}: layer path to the launch of {kernel}, {label}", stats)

@@ -203,8 +203,8 @@ def check_direct_launch(variant: str, device: torch.device) -> tuple[float, set]
     (`kernels._launch`): the eager training forward and backward (the forward kernel), and the no-grad branch on
     the one-kernel path (1 token), the split one kernel (1 token, switched on) and the matmul path (1000
     tokens). Returns the largest absolute difference (0 when bit for bit the same) and the names of the kernels
-    launched directly (none if any launch of the second run went through Triton's JIT entry). The compiled path's kernels sum with atomic adds, whose last bits vary by themselves, so
-    they are left out."""
+    launched directly (none if any launch of the second run went through Triton's JIT entry). The compiled path's
+    kernels sum with atomic adds, whose last bits vary by themselves, so they are left out."""
     gen = torch.Generator().manual_seed(4)
     d_in, d_out, r = 4096, 1024, 32
     full = variant == "lorentz-full"

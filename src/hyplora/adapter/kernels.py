@@ -22,7 +22,7 @@ adds ``scaling G y / s`` into the base layer's output in place. That is four lau
 For up to `FUSED_MAX_ROWS` tokens, where the host's time per launch decides, and layers not wider than
 `FUSED_MAX_WIDTH`, one kernel (`add_fused_`) does it all, the cast of x and both matmuls included; for narrow
 layers up to `FUSED_NARROW_MAX_ROWS` tokens (`fuses`). Wide layers can take it in two launches instead, ``x A^T``
-split over the input columns (`add_two_pass_`; off until timed on a GPU).
+split over the input columns (`add_two_pass_`; on for "lorentz-full", `TWO_PASS_MAX_ROWS`).
 
 Every launch goes through `_launch`, which launches a kept compiled kernel directly where Triton's JIT entry
 would choose the same one: in eager decoding that entry cost as much host time as the launch itself.
@@ -58,8 +58,8 @@ VARIANT_IDS = {"lorentz": 0, "stereographic": 1, "lorentz-full": 2}
 
 # Host-side integer helpers. Triton's own (`triton.cdiv`, `triton.next_power_of_2`) are constexpr functions in
 # Triton 3.6 and later, which unwrap their arguments on every call: about 2 us of host time each
-# (benchmarks/dispatch_overhead.py), and each launch of the eager no-grad branch made three of them. These are
-# plain arithmetic.
+# (benchmarks/dispatch_overhead.py), and each launch of the eager no-grad one kernel made two of them for its
+# grid (its blocks are cached). These are plain arithmetic.
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
